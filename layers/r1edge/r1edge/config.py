@@ -1,0 +1,274 @@
+"""The routing configuration: endpoints, timeouts, retry and classifier settings.
+
+Format (YAML or JSON) and field names are fixed by DESIGN.md ("Local interfaces"). A document
+holding only ``endpoints`` (each with ``name``, ``url``, ``tier``) is complete: every other field
+has the default documented here and in the README. Unknown fields are refused, so a typo such as
+``prioirty`` is an error that names the field rather than a setting silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from r1edge.errors import ConfigError
+
+#: Public model names a client may ask for, and the tier each one forces.
+MODEL_TIERS: dict[str, str | None] = {"auto": None, "edge": "edge", "deepseek-r1": "cluster"}
+TIERS = ("edge", "cluster")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Strict):
+    """Per-endpoint timeouts, in seconds (DESIGN.md defaults: 5, 60, 60)."""
+
+    connect: float = Field(5.0, gt=0)
+    first_byte: float = Field(60.0, gt=0)
+    idle: float = Field(60.0, gt=0)
+
+
+class Auth(_Strict):
+    """How the router authenticates to an endpoint.
+
+    ``type: none`` sends nothing. ``type: bearer`` sends ``Authorization: Bearer <token>``, the
+    token read from the environment variable ``env`` (local use), or from the AWS Secrets Manager
+    secret named ``secret`` through Powertools Parameters (cached, see :mod:`r1edge.upstream`).
+    """
+
+    type: Literal["none", "bearer"] = "none"
+    env: str | None = None
+    secret: str | None = None
+
+    @model_validator(mode="after")
+    def _bearer_needs_source(self) -> Auth:
+        if self.type == "bearer" and not (self.env or self.secret):
+            raise ValueError("auth type 'bearer' needs 'env' (an environment variable) or 'secret' (a secret name)")
+        return self
+
+
+class Endpoint(_Strict):
+    """One OpenAI-compatible upstream.
+
+    Attributes:
+        name: unique name, reported in ``x-r1edge-upstream``.
+        url: base URL ending in the API root, e.g. ``http://127.0.0.1:8001/v1``.
+        tier: ``edge`` or ``cluster``.
+        priority: lower is tried first within the tier (default 0).
+        weight: relative share among endpoints of equal priority (default 1).
+        region: free-form label (e.g. ``us-east-1``).
+        model: model name sent upstream; when absent, the public name of the tier
+            (``edge`` or ``deepseek-r1``) is sent.
+        auth: see :class:`Auth`.
+        timeouts: see :class:`Timeouts`.
+    """
+
+    name: str = Field(min_length=1)
+    url: str
+    tier: Literal["edge", "cluster"]
+    priority: int = 0
+    weight: float = Field(1.0, gt=0)
+    region: str | None = None
+    model: str | None = None
+    auth: Auth = Auth()
+    timeouts: Timeouts = Timeouts()
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"must be an http(s) URL such as http://127.0.0.1:8001/v1, got {value!r}")
+        return value.rstrip("/")
+
+    @property
+    def upstream_model(self) -> str:
+        """The ``model`` value sent to this endpoint."""
+        if self.model:
+            return self.model
+        return "edge" if self.tier == "edge" else "deepseek-r1"
+
+
+class Retry(_Strict):
+    """Retry settings; times in seconds (issue "Keep answering when upstreams fail" uses them)."""
+
+    max_attempts: int = Field(4, ge=1)
+    backoff_base: float = Field(0.25, ge=0)
+    backoff_cap: float = Field(8.0, ge=0)
+
+
+DEFAULT_PATTERNS: dict[str, list[str]] = {
+    "math": [
+        r"\b(prove|proof|theorem|lemma|integral|integrate|derivative|differentiate|equations?|inequality)\b",
+        r"\b(probability|remainder|divisible|polynomial|matrix|matrices|eigen\w*|logarithm|factorial)\b",
+        r"\b(vertices|triangle|geometry|algebra|calculus|arithmetic|solve for|express \w+ in)\b",
+        r"\w\s*[=<>^]\s*\w.*\d|\d\s*[-+*/^]\s*\d",
+    ],
+    "code": [
+        r"```",
+        r"\b(python|javascript|typescript|java|golang|rust|sql|html|css|bash|regex|c\+\+|c#)(?!\w)",
+        r"\b(function|program|implement|algorithm|source code|code|debug|bug|compile|recursion|recursive)\b",
+        r"\b(array|linked list|binary tree|hash map|time complexity|space complexity|O\(\w+\))",
+    ],
+    "reasoning": [
+        r"\bstep[- ]by[- ]step\b",
+        r"\b(reasons?|reasoning|riddle|puzzle|logic|logical|deduce|infer|paradox)\b",
+        r"\b(how many|what is the relationship|does not belong|true, false, or uncertain|which direction)\b",
+    ],
+}
+
+
+class Classifier(_Strict):
+    """Thresholds and word lists for ``model: auto`` (see :mod:`r1edge.classifier`).
+
+    Attributes:
+        max_prompt_tokens: estimated prompt tokens above this go to the cluster.
+        max_output_tokens: a requested ``max_tokens`` above this goes to the cluster.
+        max_turns: more user turns than this goes to the cluster.
+        edge_context_tokens: the edge model's context window (tokens); a prompt plus its
+            completion budget that does not fit goes to the cluster.
+        default_completion_tokens: completion budget assumed when ``max_tokens`` is absent.
+        chars_per_token: characters per token for the estimate (no tokenizer in the router).
+        patterns: category → regular expressions (case-insensitive) that mark a heavy prompt.
+    """
+
+    max_prompt_tokens: int = Field(1024, ge=1)
+    max_output_tokens: int = Field(1024, ge=1)
+    max_turns: int = Field(6, ge=1)
+    edge_context_tokens: int = Field(2048, ge=1)
+    default_completion_tokens: int = Field(256, ge=0)
+    chars_per_token: float = Field(4.0, gt=0)
+    patterns: dict[str, list[str]] = Field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_PATTERNS.items()})
+
+
+class RoutingConfig(_Strict):
+    """The whole routing configuration.
+
+    Attributes:
+        endpoints: at least one :class:`Endpoint`; names are unique.
+        deadline: seconds one request may take end to end, locally (default 300).
+        retry: :class:`Retry` settings.
+        classifier: :class:`Classifier` settings.
+        max_body_bytes: request bodies larger than this are refused with 413 (default 10 MiB).
+    """
+
+    endpoints: list[Endpoint] = Field(min_length=1)
+    deadline: float = Field(300.0, gt=0)
+    retry: Retry = Retry()
+    classifier: Classifier = Classifier()
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique_names(cls, endpoints: list[Endpoint]) -> list[Endpoint]:
+        seen: set[str] = set()
+        for endpoint in endpoints:
+            if endpoint.name in seen:
+                raise ValueError(f"endpoint name {endpoint.name!r} is used twice; names must be unique")
+            seen.add(endpoint.name)
+        return endpoints
+
+    def tier_endpoints(self, tier: str) -> list[Endpoint]:
+        """Endpoints of one tier, lowest ``priority`` first (stable for equal priorities)."""
+        return sorted((e for e in self.endpoints if e.tier == tier), key=lambda e: e.priority)
+
+    def served_models(self) -> list[str]:
+        """Public model names with at least one endpoint behind them (``auto`` when any)."""
+        tiers = {e.tier for e in self.endpoints}
+        return [name for name, tier in MODEL_TIERS.items() if tier is None or tier in tiers]
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + str(part)
+    return path or "(document)"
+
+
+#: Environment variables that override single values of a loaded config (DESIGN.md: "Environment
+#: variables override single values").
+ENV_OVERRIDES = {"R1EDGE_DEADLINE": ("deadline",), "R1EDGE_MAX_BODY_BYTES": ("max_body_bytes",)}
+
+
+def parse_config(data: Any, environ: dict[str, str] | None = None) -> RoutingConfig:
+    """Validate a decoded config document and apply environment overrides.
+
+    Args:
+        data: the decoded YAML/JSON document (a mapping).
+        environ: environment to read overrides from (default ``os.environ``).
+
+    Raises:
+        ConfigError: naming every bad field, e.g. ``endpoints[1].tier: Input should be 'edge'
+            or 'cluster' (got 'gpu')``.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"routing config must be a mapping with an 'endpoints' list, got {type(data).__name__}")
+    environ = os.environ if environ is None else environ
+    data = dict(data)
+    for var, (key,) in ENV_OVERRIDES.items():
+        if environ.get(var):
+            data[key] = environ[var]
+    try:
+        return RoutingConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            got = f" (got {err['input']!r})" if err["type"] not in ("missing", "extra_forbidden") else ""
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "unknown field"
+            problems.append(f"{_field_path(err['loc'])}: {message}{got}")
+        raise ConfigError("invalid routing config: " + "; ".join(problems)) from None
+
+
+def load_config(source: str, environ: dict[str, str] | None = None) -> RoutingConfig:
+    """Load and validate a routing config from a file path or ``s3://bucket/key``.
+
+    YAML and JSON are both accepted (JSON is YAML). S3 objects are read with boto3, which takes
+    ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` from the environment (moto locally).
+
+    Raises:
+        ConfigError: the source cannot be read, is not YAML/JSON, or fails validation.
+    """
+    try:
+        if source.startswith("s3://"):
+            text = _read_s3(source)
+        else:
+            with open(source, encoding="utf-8") as fh:
+                text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read routing config {source!r}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"routing config {source!r} is not valid YAML or JSON: {exc}") from None
+    return parse_config(data, environ)
+
+
+def _read_s3(uri: str) -> str:
+    import boto3  # imported lazily: only S3-backed configs need it
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    parsed = urlparse(uri)
+    if not parsed.netloc or not parsed.path.lstrip("/"):
+        raise ConfigError(f"routing config URI must look like s3://bucket/key, got {uri!r}")
+    try:
+        obj = boto3.client("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+        return obj["Body"].read().decode("utf-8")
+    except (BotoCoreError, ClientError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read routing config {uri!r}: {exc}") from None
+
+
+def dump_config(config: RoutingConfig) -> str:
+    """Serialize a config as JSON (valid YAML too), e.g. for the local stack's generated file."""
+    return json.dumps(config.model_dump(mode="json", exclude_defaults=True), indent=2)

@@ -1,0 +1,100 @@
+"""The router as an ASGI app: OpenAI-compatible ``/v1/chat/completions`` and ``/v1/models``,
+plus ``/health``.
+
+Served by uvicorn locally and by the Lambda Web Adapter in AWS (DESIGN.md, "Streaming in
+Lambda"). The routing config is read at startup from ``R1EDGE_CONFIG`` (a file path or
+``s3://bucket/key``) unless one is passed in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from r1edge import web
+from r1edge.config import RoutingConfig, load_config
+from r1edge.errors import ConfigError
+from r1edge.gateway import Gateway
+from r1edge.relay import SSE_HEADERS
+from r1edge.upstream import Upstream
+from r1edge.validation import parse_json_body, validate_chat_request
+
+
+def config_from_env(environ: dict[str, str] | None = None) -> RoutingConfig:
+    """Load the routing config named by ``R1EDGE_CONFIG``.
+
+    Raises:
+        ConfigError: the variable is unset, or the config is unreadable or invalid.
+    """
+    environ = os.environ if environ is None else environ
+    source = environ.get("R1EDGE_CONFIG")
+    if not source:
+        raise ConfigError("R1EDGE_CONFIG is not set: point it at a routing config file or s3://bucket/key")
+    return load_config(source, environ)
+
+
+def create_app(config: RoutingConfig | None = None, upstream: Upstream | None = None) -> Starlette:
+    """Build the router app.
+
+    Args:
+        config: the routing config; default: :func:`config_from_env` at startup.
+        upstream: the HTTP transport; default: a new pooled :class:`~r1edge.upstream.Upstream`,
+            closed at shutdown.
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        own_upstream = upstream is None
+        app.state.gateway = Gateway(config or config_from_env(), upstream or Upstream())
+        app.state.created = int(time.time())
+        try:
+            yield
+        finally:
+            if own_upstream:
+                await app.state.gateway.upstream.aclose()
+
+    async def chat_completions(request: Request) -> Response:
+        gateway: Gateway = request.app.state.gateway
+        raw = await web.read_body(request, gateway.config.max_body_bytes)
+        chat = validate_chat_request(parse_json_body(raw))
+        routed = await gateway.complete(chat, web.request_id())
+        if routed.stream is not None:
+            return StreamingResponse(
+                routed.stream, media_type="text/event-stream", headers={**routed.headers(), **SSE_HEADERS}
+            )
+        return JSONResponse(routed.completion, headers=routed.headers())
+
+    async def models(request: Request) -> Response:
+        gateway: Gateway = request.app.state.gateway
+        created = request.app.state.created
+        data = [
+            {"id": name, "object": "model", "created": created, "owned_by": "r1edge"}
+            for name in gateway.config.served_models()
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(request: Request) -> Response:
+        gateway: Gateway = request.app.state.gateway
+        results = await gateway.upstream.probe_all(gateway.config.endpoints)
+        ok = all(r == "ok" for r in results.values())
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "endpoints": results}, status_code=200 if ok else 503
+        )
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+        ],
+        middleware=web.middleware(),
+        exception_handlers=web.EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )

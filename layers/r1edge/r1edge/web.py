@@ -1,0 +1,104 @@
+"""Starlette plumbing shared by the router and the edge apps.
+
+Errors: every exception becomes an OpenAI-shaped JSON response in one place (the exception
+handlers below), with ``x-request-id`` set. Request ids: ``asgi-correlation-id`` reads the
+client's ``x-request-id`` (or makes one) and puts it on every response; handlers read it from
+:func:`request_id`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import uuid4
+
+from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
+from aws_lambda_powertools import Logger
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from r1edge.errors import MethodNotAllowed, NotFound, OpenAIError, RequestTooLarge, error_body
+
+logger = Logger(service="r1edge", child=True)
+
+#: Longest client-supplied request id we keep (characters); longer ones are cut.
+MAX_REQUEST_ID = 128
+
+
+def request_id() -> str:
+    """The current request's id (the client's ``x-request-id``, or a new UUID hex)."""
+    return correlation_id.get() or uuid4().hex
+
+
+def middleware() -> list[Middleware]:
+    """Middleware both apps use: request ids on every request and response."""
+    return [
+        Middleware(
+            CorrelationIdMiddleware,
+            header_name="x-request-id",
+            update_request_header=True,
+            generator=lambda: uuid4().hex,
+            validator=None,  # keep the client's id whatever its format (DESIGN.md: "the client's, or a new one")
+            transformer=lambda value: value[:MAX_REQUEST_ID],
+        )
+    ]
+
+
+def error_response(exc: OpenAIError) -> JSONResponse:
+    """An OpenAI-shaped JSON error response with the error's status and headers."""
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _openai_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OpenAIError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"Unknown request URL: {request.method} {request.url.path}."))
+    if exc.status_code == 405:
+        error = MethodNotAllowed(f"Method {request.method} is not allowed for {request.url.path}.")
+        error.headers.update(exc.headers or {})
+        return error_response(error)
+    return JSONResponse(
+        error_body(str(exc.detail), "invalid_request_error"), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error", extra={"request_id": request_id(), "path": request.url.path})
+    return JSONResponse(
+        error_body("The server had an error while processing your request.", "server_error", None, "internal_error"),
+        status_code=500,
+        headers={"x-request-id": request_id()},
+    )
+
+
+#: Exception handlers for ``Starlette(exception_handlers=...)``.
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    OpenAIError: _openai_error,
+    HTTPException: _http_error,
+    Exception: _unexpected,
+}
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """Read the request body, refusing more than ``max_bytes`` bytes.
+
+    Raises:
+        RequestTooLarge: ``Content-Length`` or the bytes actually sent exceed ``max_bytes``.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise RequestTooLarge(f"Request body of {declared} bytes is over the limit of {max_bytes} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise RequestTooLarge(f"Request body is over the limit of {max_bytes} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
