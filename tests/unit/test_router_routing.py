@@ -4,6 +4,7 @@ mapping, fallback within a tier, and how upstream errors reach the client."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import httpx
 import pytest
@@ -34,18 +35,20 @@ def test_model_picks_tier_and_headers_say_so(model, messages, route, upstream, s
     fake = FakeUpstream({"edge-a": [json_reply(completion("from edge"))], "r1-a": [json_reply(completion("from r1"))]})
     with make_client(fake) as client:
         response = client.post(
-            "/v1/chat/completions", json={"model": model, "messages": messages}, headers={"x-request-id": "req-123"}
+            "/v1/chat/completions",
+            json={"model": model, "messages": messages},
+            headers={"x-request-id": "0b5b6f3e-8d0c-4f7c-9a57-6b8e2f1d3c4a"},
         )
     assert response.status_code == 200
     assert response.headers["x-r1edge-route"] == route
     assert response.headers["x-r1edge-upstream"] == upstream
     assert response.headers["x-r1edge-attempts"] == "1"
     assert response.headers["x-r1edge-reason"]
-    assert response.headers["x-request-id"] == "req-123"
+    assert response.headers["x-request-id"] == "0b5b6f3e-8d0c-4f7c-9a57-6b8e2f1d3c4a"
     assert response.json()["choices"][0]["message"]["content"] == ("from edge" if route == "edge" else "from r1")
     [call] = fake.calls
     assert call.url.host == upstream
-    assert call.headers["x-request-id"] == "req-123"
+    assert call.headers["x-request-id"] == "0b5b6f3e-8d0c-4f7c-9a57-6b8e2f1d3c4a"
     assert json.loads(call.content)["model"] == sent_model
 
 
@@ -56,6 +59,21 @@ def test_missing_request_id_gets_a_new_one_sent_upstream():
     rid = response.headers["x-request-id"]
     assert len(rid) == 32
     assert fake.calls[0].headers["x-request-id"] == rid
+
+
+def test_non_uuid_request_id_is_echoed_and_sent_upstream_as_a_derived_uuid():
+    fake = FakeUpstream({"edge-a": [json_reply(completion())]})
+    with make_client(fake) as client:
+        first = client.post(
+            "/v1/chat/completions", json={"model": "edge", "messages": SIMPLE}, headers={"x-request-id": "my-trace-7"}
+        )
+        client.post(
+            "/v1/chat/completions", json={"model": "edge", "messages": SIMPLE}, headers={"x-request-id": "my-trace-7"}
+        )
+    assert first.headers["x-request-id"] == "my-trace-7"
+    sent = [c.headers["x-request-id"] for c in fake.calls]
+    assert sent[0] == sent[1] == str(uuid.UUID(sent[0]))
+    assert sent[0] != "my-trace-7"
 
 
 def test_endpoint_model_mapping_and_openai_fields_are_forwarded():

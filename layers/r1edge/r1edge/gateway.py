@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,21 @@ CLIENT_FAULT = frozenset({400, 413, 422})
 MISCONFIGURED = frozenset({401, 403, 404})
 
 logger = Logger(service="r1edge-router", child=True)
+
+
+#: Namespace for UUIDs derived from client request ids that are not UUIDs themselves.
+REQUEST_ID_NAMESPACE = uuid.UUID("6f0d2b8e-3c1a-5b7e-9a40-2f6e1d9c8b71")
+
+
+def upstream_request_id(request_id: str) -> str:
+    """The ``x-request-id`` sent upstream: the client's id when it is a UUID, else a UUID derived
+    from it (UUIDv5), since some OpenAI-compatible servers (llama-cpp-python's, through
+    starlette-context) answer 400 to a request id that is not a UUID. Both are logged."""
+    try:
+        uuid.UUID(request_id)
+    except ValueError:
+        return str(uuid.uuid5(REQUEST_ID_NAMESPACE, request_id))
+    return request_id
 
 
 @dataclass
@@ -149,6 +165,7 @@ class Gateway:
             "route decided",
             extra={
                 "request_id": request_id,
+                "upstream_request_id": upstream_request_id(request_id),
                 "tier": decision.tier,
                 "reason": decision.reason,
                 "prompt_tokens_estimate": decision.prompt_tokens,
@@ -172,7 +189,7 @@ class Gateway:
             body = dict(request.body, model=endpoint.upstream_model)
             started = self.clock()
             try:
-                response = await self.upstream.open_chat(endpoint, body, request_id)
+                response = await self.upstream.open_chat(endpoint, body, upstream_request_id(request_id))
             except httpx.TimeoutException as exc:
                 failures.add(endpoint, f"timeout ({type(exc).__name__})", timeout=True)
                 continue

@@ -69,7 +69,9 @@ class LlamaRuntime:
         self.model_id = self.model_path.name.removesuffix(".gguf")
         self.load_seconds: float | None = None
         self._llama: Any = None
-        self._lock = anyio.Lock()
+        # A semaphore, not a Lock: a stream is started by the request handler and finished by the
+        # response task, and an anyio Lock must be released by the task that took it.
+        self._lock = anyio.Semaphore(1)
 
     def load(self) -> None:
         """Load the model (blocking; call once, from a worker thread in async code).
