@@ -99,6 +99,10 @@ def wait_ready(stack: Stack, name: str, url: str, timeout: float = READY_TIMEOUT
 
 def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
+    # llama_cpp.server reads PORT, HOST and CONFIG_FILE from the environment over its flags, and
+    # make exports PORT (the router's): children get their ports from their flags only.
+    for name in ("PORT", "HOST", "CONFIG_FILE"):
+        env.pop(name, None)
     env.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
     env.update(extra)
     return env
