@@ -24,7 +24,8 @@ TABLE = [
     ("Describe a vivid and unique character, using strong imagery.", "edge", "simple"),
     ("Prove that there are infinitely many primes.", "cluster", "math:Prove"),
     ("What is the integral of x^2 from 0 to 3?", "cluster", "math:integral"),
-    ("x+y = 4z, x*y = 4z^2, express x-y in z", "cluster", "math:"),
+    ("x+y = 4z, x*y = 4z^2, express x-y in z", "cluster", "math:y = 4"),
+    ("Given that f(x) = 4x^3 - 9x - 14, find the value of f(2).", "cluster", "math:x^3"),
     ("When rolling two dice, what is the probability that you roll at least 3?", "cluster", "math:probability"),
     ("Write a Python program that counts words in a file.", "cluster", "code:Python"),
     ("Write a C++ program to find the nth Fibonacci number.", "cluster", "code:C++"),
@@ -45,6 +46,14 @@ def test_prompt_table(prompt, tier, reason):
     decision = decide(prompt)
     assert decision.tier == tier
     assert decision.reason.startswith(reason)
+
+
+@pytest.mark.parametrize("text", ["a  = 1 ,\n\t find the value of y", "é = 2", "x = 1" + " " * 30 + "z"])
+def test_reason_is_a_valid_header_value(text):
+    reason = decide(text).reason
+    assert reason == reason.strip()
+    assert all(0x20 <= ord(c) < 0x7F for c in reason)
+    assert "  " not in reason
 
 
 def test_tools_go_to_the_cluster():

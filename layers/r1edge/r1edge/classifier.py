@@ -53,13 +53,19 @@ def _compiled(patterns: tuple[tuple[str, tuple[str, ...]], ...]) -> list[tuple[s
     return [(category, re.compile(p, re.IGNORECASE)) for category, group in patterns for p in group]
 
 
+def header_safe(text: str, limit: int = 24) -> str:
+    """``text`` as a short HTTP header value: printable ASCII, whitespace runs as one space, no
+    leading or trailing space (RFC 9110, section 5.5), at most ``limit`` characters."""
+    text = re.sub(r"[^\x20-\x7e]", "?", re.sub(r"\s+", " ", text))
+    return text[:limit].strip()
+
+
 def _first_match(text: str, settings: Classifier) -> str | None:
     key = tuple((category, tuple(group)) for category, group in settings.patterns.items())
     for category, pattern in _compiled(key):
         match = pattern.search(text)
         if match:
-            word = re.sub(r"[^\x20-\x7e]", "?", match.group(0).strip()[:24])  # header-safe ASCII
-            return f"{category}:{word}"
+            return f"{category}:{header_safe(match.group(0))}"
     return None
 
 

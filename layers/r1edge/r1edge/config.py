@@ -109,7 +109,7 @@ DEFAULT_PATTERNS: dict[str, list[str]] = {
         r"\b(prove|proof|theorem|lemma|integral|integrate|derivative|differentiate|equations?|inequality)\b",
         r"\b(probability|remainder|divisible|polynomial|matrix|matrices|eigen\w*|logarithm|factorial)\b",
         r"\b(vertices|triangle|geometry|algebra|calculus|arithmetic|solve for|express \w+ in)\b",
-        r"\w\s*[=<>^]\s*\w.*\d|\d\s*[-+*/^]\s*\d",
+        r"\w\s*[=<>^]\s*\w*\d|\d\s*[-+*/^]\s*\d",
     ],
     "code": [
         r"```",
