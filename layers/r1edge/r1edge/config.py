@@ -41,11 +41,16 @@ class Auth(_Strict):
     ``type: none`` sends nothing. ``type: bearer`` sends ``Authorization: Bearer <token>``, the
     token read from the environment variable ``env`` (local use), or from the AWS Secrets Manager
     secret named ``secret`` through Powertools Parameters (cached, see :mod:`r1edge.upstream`).
+    ``type: sigv4`` signs each request with AWS Signature Version 4 for ``service`` (default
+    ``lambda``, for a Function URL with ``AuthType: AWS_IAM``) in ``region`` (default
+    ``AWS_REGION``), with the function's own credentials.
     """
 
-    type: Literal["none", "bearer"] = "none"
+    type: Literal["none", "bearer", "sigv4"] = "none"
     env: str | None = None
     secret: str | None = None
+    service: str = "lambda"
+    region: str | None = None
 
     @model_validator(mode="after")
     def _bearer_needs_source(self) -> Auth:
@@ -232,7 +237,9 @@ def parse_config(data: Any, environ: dict[str, str] | None = None) -> RoutingCon
 
 
 def load_config(source: str, environ: dict[str, str] | None = None) -> RoutingConfig:
-    """Load and validate a routing config from a file path or ``s3://bucket/key``.
+    """Load and validate a routing config from a file path, ``s3://bucket/key``, or an inline
+    JSON document (a value starting with ``{``, as ``template.yaml`` passes it in an environment
+    variable).
 
     YAML and JSON are both accepted (JSON is YAML). S3 objects are read with boto3, which takes
     ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` from the environment (moto locally).
@@ -241,7 +248,9 @@ def load_config(source: str, environ: dict[str, str] | None = None) -> RoutingCo
         ConfigError: the source cannot be read, is not YAML/JSON, or fails validation.
     """
     try:
-        if source.startswith("s3://"):
+        if source.lstrip().startswith("{"):
+            text, source = source, "(inline)"
+        elif source.startswith("s3://"):
             text = _read_s3(source)
         else:
             with open(source, encoding="utf-8") as fh:

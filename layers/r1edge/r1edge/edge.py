@@ -160,6 +160,7 @@ def create_app(runtime: LlamaRuntime | None = None, max_body_bytes: int | None =
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
+            Route("/ping", health, methods=["GET"]),  # the Lambda Web Adapter's readiness check
         ],
         middleware=web.middleware(),
         exception_handlers=web.EXCEPTION_HANDLERS,

@@ -151,8 +151,14 @@ class Gateway:
             return Decision(other, f"no_{decision.tier}_endpoint", decision.prompt_tokens)
         return decision
 
-    async def complete(self, request: ChatRequest, request_id: str) -> Routed:
+    async def complete(self, request: ChatRequest, request_id: str, deadline: float | None = None) -> Routed:
         """Answer a request from the first endpoint of its tier that gives a usable answer.
+
+        Args:
+            request: the validated request.
+            request_id: the request's id (logged, and sent upstream).
+            deadline: seconds this request may take to get an answer (default: the config's
+                ``deadline``); under Lambda, the invocation's time left.
 
         Raises:
             ModelNotFound: see :meth:`decide`.
@@ -172,14 +178,17 @@ class Gateway:
                 "stream": request.stream,
             },
         )
+        deadline = self.config.deadline if deadline is None else deadline
+        timeout = UpstreamTimeout(
+            f"No answer within the deadline of {deadline:.3g} s.", headers=route_headers(decision, None, 0)
+        )
+        if deadline <= 0:
+            raise timeout
         try:
-            with anyio.fail_after(self.config.deadline):
+            with anyio.fail_after(deadline):
                 return await self._try_endpoints(request, decision, request_id)
         except TimeoutError:
-            raise UpstreamTimeout(
-                f"No answer within the deadline of {self.config.deadline:g} s.",
-                headers=route_headers(decision, None, 0),
-            ) from None
+            raise timeout from None
 
     async def _try_endpoints(self, request: ChatRequest, decision: Decision, request_id: str) -> Routed:
         failures = _Failures()

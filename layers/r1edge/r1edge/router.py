@@ -1,5 +1,6 @@
 """The router as an ASGI app: OpenAI-compatible ``/v1/chat/completions`` and ``/v1/models``,
-plus ``/health``.
+plus ``/health`` (200 once every endpoint answers) and ``/ping`` (200 as soon as the app is up:
+the Lambda Web Adapter's readiness check).
 
 Served by uvicorn locally and by the Lambda Web Adapter in AWS (DESIGN.md, "Streaming in
 Lambda"). The routing config is read at startup from ``R1EDGE_CONFIG`` (a file path or
@@ -11,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,6 +23,7 @@ from r1edge import web
 from r1edge.config import RoutingConfig, load_config
 from r1edge.errors import ConfigError
 from r1edge.gateway import Gateway
+from r1edge.lambda_context import request_deadline
 from r1edge.relay import SSE_HEADERS
 from r1edge.upstream import Upstream
 from r1edge.validation import parse_json_body, validate_chat_request
@@ -40,13 +42,16 @@ def config_from_env(environ: dict[str, str] | None = None) -> RoutingConfig:
     return load_config(source, environ)
 
 
-def create_app(config: RoutingConfig | None = None, upstream: Upstream | None = None) -> Starlette:
+def create_app(
+    config: RoutingConfig | None = None, upstream: Upstream | None = None, wall_clock: Callable[[], float] = time.time
+) -> Starlette:
     """Build the router app.
 
     Args:
         config: the routing config; default: :func:`config_from_env` at startup.
         upstream: the HTTP transport; default: a new pooled :class:`~r1edge.upstream.Upstream`,
             closed at shutdown.
+        wall_clock: seconds since the epoch, for the Lambda deadline (injected in tests).
     """
 
     @contextlib.asynccontextmanager
@@ -64,7 +69,8 @@ def create_app(config: RoutingConfig | None = None, upstream: Upstream | None = 
         gateway: Gateway = request.app.state.gateway
         raw = await web.read_body(request, gateway.config.max_body_bytes)
         chat = validate_chat_request(parse_json_body(raw))
-        routed = await gateway.complete(chat, web.request_id())
+        deadline = request_deadline(request.headers.get("x-amzn-lambda-context"), gateway.config.deadline, wall_clock())
+        routed = await gateway.complete(chat, web.request_id(), deadline)
         if routed.stream is not None:
             return StreamingResponse(
                 routed.stream, media_type="text/event-stream", headers={**routed.headers(), **SSE_HEADERS}
@@ -80,6 +86,9 @@ def create_app(config: RoutingConfig | None = None, upstream: Upstream | None = 
         ]
         return JSONResponse({"object": "list", "data": data})
 
+    async def ping(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
     async def health(request: Request) -> Response:
         gateway: Gateway = request.app.state.gateway
         results = await gateway.upstream.probe_all(gateway.config.endpoints)
@@ -93,6 +102,7 @@ def create_app(config: RoutingConfig | None = None, upstream: Upstream | None = 
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
+            Route("/ping", ping, methods=["GET"]),
         ],
         middleware=web.middleware(),
         exception_handlers=web.EXCEPTION_HANDLERS,

@@ -10,6 +10,7 @@ only one (DESIGN.md, Retry rules).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,16 @@ def _read_secret(name: str) -> str:
     return value if isinstance(value, str) else value.decode()
 
 
+def _default_credentials() -> Any:
+    """The process's AWS credentials (botocore's chain: environment, then the Lambda role)."""
+    import boto3  # lazy: only sigv4 endpoints need it
+
+    credentials = boto3.Session().get_credentials()
+    if credentials is None:
+        raise RuntimeError("no AWS credentials found for a sigv4 endpoint")
+    return credentials
+
+
 class Upstream:
     """Sends OpenAI-compatible requests to endpoints.
 
@@ -40,6 +51,8 @@ class Upstream:
             default one is created with :data:`POOL_LIMITS`.
         secret_reader: ``name -> token`` for ``auth.secret`` (default: Powertools Parameters).
         environ: where ``auth.env`` tokens are read (default ``os.environ``).
+        credentials: ``() -> botocore credentials`` for ``sigv4`` endpoints (default: boto3's
+            chain, read once and refreshed by botocore).
     """
 
     def __init__(
@@ -47,10 +60,37 @@ class Upstream:
         client: httpx.AsyncClient | None = None,
         secret_reader: Callable[[str], str] = _read_secret,
         environ: dict[str, str] | None = None,
+        credentials: Callable[[], Any] = _default_credentials,
     ) -> None:
         self.client = client or httpx.AsyncClient(limits=POOL_LIMITS, trust_env=False)
         self._secret_reader = secret_reader
         self._environ = os.environ if environ is None else environ
+        self._credentials_source = credentials
+        self._credentials: Any = None
+
+    def sigv4_headers(self, endpoint: Endpoint, method: str, url: str, body: bytes) -> dict[str, str]:
+        """AWS Signature Version 4 headers (``Authorization``, ``X-Amz-Date``, and
+        ``X-Amz-Security-Token`` for temporary credentials) for exactly these bytes, signed with
+        botocore's ``SigV4Auth`` (AWS General Reference, "Signature Version 4 signing process").
+
+        Raises:
+            UpstreamError: no credentials or no region (our misconfiguration).
+        """
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+
+        region = endpoint.auth.region or self._environ.get("AWS_REGION") or self._environ.get("AWS_DEFAULT_REGION")
+        if not region:
+            raise UpstreamError(f"endpoint {endpoint.name!r}: sigv4 needs auth.region or AWS_REGION")
+        try:
+            if self._credentials is None:
+                self._credentials = self._credentials_source()
+            frozen = self._credentials.get_frozen_credentials()
+        except Exception as exc:  # noqa: BLE001 - any credential failure is our misconfiguration
+            raise UpstreamError(f"endpoint {endpoint.name!r}: cannot get AWS credentials: {exc}") from None
+        request = AWSRequest(method=method, url=url, data=body, headers={"content-type": "application/json"})
+        SigV4Auth(frozen, endpoint.auth.service, region).add_auth(request)
+        return dict(request.headers.items())
 
     def auth_headers(self, endpoint: Endpoint) -> dict[str, str]:
         """``Authorization`` header for the endpoint's ``auth`` setting.
@@ -60,7 +100,7 @@ class Upstream:
                 (our misconfiguration, so a 502, never a 401 that blames the client).
         """
         auth = endpoint.auth
-        if auth.type == "none":
+        if auth.type in ("none", "sigv4"):  # sigv4 signs each request: see sigv4_headers
             return {}
         if auth.env:
             token = self._environ.get(auth.env)
@@ -88,18 +128,29 @@ class Upstream:
             httpx.TimeoutException, httpx.TransportError: connect or header-wait failures.
             UpstreamError: the endpoint's credentials cannot be read.
         """
-        headers = {"x-request-id": request_id, "accept": "application/json, text/event-stream"}
+        url = f"{endpoint.url}/chat/completions"
+        content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        headers = {
+            "x-request-id": request_id,
+            "accept": "application/json, text/event-stream",
+            "content-type": "application/json",
+        }
         headers.update(self.auth_headers(endpoint))
+        if endpoint.auth.type == "sigv4":
+            headers.update(self.sigv4_headers(endpoint, "POST", url, content))
         request = self.client.build_request(
-            "POST", f"{endpoint.url}/chat/completions", json=body, headers=headers, timeout=self.timeout(endpoint)
+            "POST", url, content=content, headers=headers, timeout=self.timeout(endpoint)
         )
         return await self.client.send(request, stream=True)
 
     async def probe(self, endpoint: Endpoint, timeout: float = 2.0) -> str:
         """Check that an endpoint answers ``GET {url}/models``; return ``"ok"`` or a short reason."""
+        url = f"{endpoint.url}/models"
         try:
             headers = self.auth_headers(endpoint)
-            response = await self.client.get(f"{endpoint.url}/models", headers=headers, timeout=timeout)
+            if endpoint.auth.type == "sigv4":
+                headers.update(self.sigv4_headers(endpoint, "GET", url, b""))
+            response = await self.client.get(url, headers=headers, timeout=timeout)
         except (httpx.HTTPError, UpstreamError) as exc:
             return f"{type(exc).__name__}: {exc}"[:200]
         return "ok" if response.status_code == 200 else f"HTTP {response.status_code}"
