@@ -42,6 +42,9 @@ run-router: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	@# cfn-lint and hadolint run in tests/unit/test_template.py; the SAM CLI is optional (not a dependency)
+	@if command -v sam >/dev/null 2>&1; then echo "sam validate --lint"; sam validate --lint -t template.yaml; \
+	else echo "(sam CLI not installed: skipping sam validate --lint; cfn-lint checks the template in the tests)"; fi
 
 test: $(STAMP) lint
 	$(PY) -m pytest

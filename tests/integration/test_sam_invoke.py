@@ -1,0 +1,150 @@
+"""``sam local invoke`` without Docker: each function of template.yaml is loaded the way Lambda
+would start it — its code and layer on the path, its resolved environment, the ASGI app named by
+``run.sh`` or the Dockerfile — and driven with the events in ``tests/events/`` turned into the
+requests the Lambda Web Adapter sends. The routers reach the real edge app (real SmolLM2 model)
+over a socket, SigV4-signed, as they would reach the edge's Function URL."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+from run import free_port  # infra/local/run.py
+from samlocal import (
+    ROOT,
+    Resolver,
+    adapter_request,
+    asgi_target_from_run_sh,
+    dockerfile_final_stage,
+    function_environment,
+    load_event,
+    load_module,
+    load_template,
+)
+from starlette.testclient import TestClient
+
+from r1edge.model import resolve_model_path
+
+pytestmark = pytest.mark.integration
+
+TEMPLATE = load_template()
+RESOURCES = TEMPLATE["Resources"]
+
+
+def deadline_ms(seconds: float) -> int:
+    return int((time.time() + seconds) * 1000)
+
+
+def edge_app(monkeypatch):
+    """The edge image's app: the Dockerfile's final-stage ENV, its CMD's module, the baked model
+    (the same file as the packaged default, which is what the image copies)."""
+    stage = dockerfile_final_stage(ROOT / RESOURCES["EdgeFunction"]["Metadata"]["Dockerfile"])
+    env = {**stage["env"], **RESOURCES["EdgeFunction"]["Properties"]["Environment"]["Variables"]}
+    env["MODEL_PATH"] = str(resolve_model_path())  # the image bakes this very file at /opt/models/model.gguf
+    for key, value in env.items():
+        if not key.startswith("PYTHONPATH"):
+            monkeypatch.setenv(key, str(value))
+    module, attr = stage["cmd"][-1].split(":")
+    return getattr(load_module(ROOT / "functions/edge" / f"{module}.py", "edge_image_app"), attr)
+
+
+@pytest.fixture(scope="module")
+def edge_server():
+    """The edge app served over a real socket, standing in for the edge's Function URL."""
+    mp = pytest.MonkeyPatch()
+    app = edge_app(mp)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(600):
+        if server.started:
+            break
+        time.sleep(0.05)
+    assert server.started
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(timeout=10)
+    mp.undo()
+
+
+def router_client(name: str, edge_url: str, monkeypatch) -> TestClient:
+    props = RESOURCES[name]["Properties"]
+    attrs = {"EdgeFunctionUrl.FunctionUrl": edge_url, "EdgeFunction.Arn": "arn:aws:lambda:us-east-1:1:function:e"}
+    env = function_environment(TEMPLATE, name, Resolver(TEMPLATE, attrs, {"ClusterApiKeySecretName": ""}))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    # What the Lambda role's credentials look like to botocore inside the function.
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ASIATESTKEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "test-token")
+    code = ROOT / props["CodeUri"]
+    module, attr = asgi_target_from_run_sh(code / props["Handler"])
+    app = getattr(load_module(code / f"{module}.py", f"{name}_app"), attr)
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def invoke(client: TestClient, event_name: str, timeout_s: float = 30):
+    return client.request(**adapter_request(load_event(event_name), deadline_ms(timeout_s)))
+
+
+@pytest.mark.parametrize("name", ["RouterStreamFunction", "RouterBufferedFunction"])
+def test_router_functions_answer_their_events(name, edge_server, monkeypatch):
+    with router_client(name, edge_server, monkeypatch) as client:
+        assert client.get("/ping").status_code == 200  # the adapter's readiness check
+        models = invoke(client, "router-stream-models.json")
+        assert [m["id"] for m in models.json()["data"]] == ["auto", "edge", "deepseek-r1"]
+        invalid = invoke(client, "router-stream-invalid.json")
+        assert invalid.status_code == 400
+        assert invalid.json()["error"]["param"] == "messages"
+        chat = invoke(client, "router-httpapi-chat.json")
+        assert chat.status_code == 200, chat.text
+        assert chat.headers["x-r1edge-route"] == "edge"
+        assert chat.headers["x-r1edge-upstream"] == "edge-lambda"
+        assert chat.json()["choices"][0]["message"]["content"]
+
+
+def test_streaming_router_streams_through_the_signed_edge(edge_server, monkeypatch):
+    seen: list[str] = []
+    with router_client("RouterStreamFunction", edge_server, monkeypatch) as client:
+        upstream = client.app.state.gateway.upstream
+        original = upstream.sigv4_headers
+
+        def spy(*args, **kwargs):
+            headers = original(*args, **kwargs)
+            seen.append(headers["Authorization"])
+            return headers
+
+        upstream.sigv4_headers = spy
+        request = adapter_request(load_event("router-stream-chat.json"), deadline_ms(60))
+        with client.stream(**request) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            text = "".join(response.iter_text())
+    assert text.rstrip().endswith("data: [DONE]")
+    assert "AWS4-HMAC-SHA256 Credential=ASIATESTKEY/" in seen[0]
+    assert "/us-east-1/lambda/aws4_request" in seen[0]
+
+
+def test_edge_image_answers_its_events(monkeypatch):
+    with TestClient(edge_app(monkeypatch)) as client:
+        assert client.get("/ping").status_code == 200
+        models = invoke(client, "edge-models.json")
+        assert models.json()["data"][0]["id"] == "SmolLM2-135M-Instruct.Q4_1"
+        chat = invoke(client, "edge-chat.json")
+        assert chat.status_code == 200
+        body = chat.json()
+        assert body["usage"]["completion_tokens"] <= json.loads(load_event("edge-chat.json")["body"])["max_tokens"]
+
+
+def test_events_parse_as_the_requests_the_adapter_sends():
+    for path in sorted(Path(ROOT / "tests" / "events").glob("*.json")):
+        request = adapter_request(json.loads(path.read_text()), deadline_ms(10))
+        context = json.loads(request["headers"]["x-amzn-lambda-context"])
+        assert context["deadline"] > time.time() * 1000
+        assert request["url"].startswith("/")

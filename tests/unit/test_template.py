@@ -1,0 +1,202 @@
+"""template.yaml, checked offline: what each function is built from and how it is exposed, the
+IAM each one gets, and the files the template and the Dockerfile name."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from samlocal import (
+    ROOT,
+    Resolver,
+    asgi_target_from_run_sh,
+    dockerfile_final_stage,
+    function_environment,
+    load_template,
+)
+
+from r1edge.config import load_config
+
+TEMPLATE = load_template()
+RESOURCES = TEMPLATE["Resources"]
+ATTRS = {
+    "EdgeFunctionUrl.FunctionUrl": "https://edge123.lambda-url.us-east-1.on.aws/",
+    "RouterStreamFunctionUrl.FunctionUrl": "https://router123.lambda-url.us-east-1.on.aws/",
+    "EdgeFunction.Arn": "arn:aws:lambda:us-east-1:123456789012:function:edge",
+}
+ROUTERS = ["RouterStreamFunction", "RouterBufferedFunction"]
+
+
+def functions() -> dict[str, dict]:
+    return {k: v for k, v in RESOURCES.items() if v["Type"] == "AWS::Serverless::Function"}
+
+
+def venv_tool(name: str) -> str:
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def test_cfn_lint_is_clean():
+    result = subprocess.run([venv_tool("cfn-lint"), str(ROOT / "template.yaml")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_is_clean_on_every_dockerfile():
+    dockerfiles = sorted(ROOT.glob("functions/*/Dockerfile"))
+    assert dockerfiles
+    hadolint = venv_tool("hadolint")
+    for path in dockerfiles:
+        result = subprocess.run([hadolint, str(path)], capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == 0, f"{path}: {result.stdout}{result.stderr}"
+
+
+def test_shared_layer_builds_the_r1edge_package():
+    layer = RESOURCES["SharedLayer"]
+    assert layer["Metadata"]["BuildMethod"] == "python3.12"
+    content = ROOT / layer["Properties"]["ContentUri"]
+    assert (content / "r1edge" / "__init__.py").is_file()
+    assert (content / "requirements.txt").is_file()
+
+
+def test_globals_set_powertools_and_tracing():
+    glob = TEMPLATE["Globals"]["Function"]
+    assert glob["Tracing"] == "Active"
+    variables = glob["Environment"]["Variables"]
+    assert {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"} <= set(variables)
+
+
+@pytest.mark.parametrize("name", ROUTERS)
+def test_router_runs_under_the_lambda_web_adapter(name):
+    props = RESOURCES[name]["Properties"]
+    code = ROOT / props["CodeUri"]
+    run_sh = code / props["Handler"]
+    assert props["Handler"] == "run.sh"
+    assert props["Runtime"] == "python3.12"
+    assert os.access(run_sh, os.X_OK)
+    assert asgi_target_from_run_sh(run_sh) == ("app", "app")
+    assert (code / "app.py").is_file()
+    assert {"Ref": "SharedLayer"} in props["Layers"]
+    assert any("LambdaAdapterLayerX86" in str(layer) for layer in props["Layers"])
+    env = function_environment(TEMPLATE, name, Resolver(TEMPLATE, ATTRS))
+    assert env["AWS_LAMBDA_EXEC_WRAPPER"] == "/opt/bootstrap"
+    assert env["AWS_LWA_READINESS_CHECK_PATH"] == "/ping"  # answers before upstreams do
+    assert env["AWS_LWA_INVOKE_MODE"] == ("response_stream" if name == "RouterStreamFunction" else "buffered")
+
+
+def test_streaming_router_has_a_streaming_function_url_and_buffered_one_has_http_api_routes():
+    stream = RESOURCES["RouterStreamFunction"]["Properties"]
+    assert stream["FunctionUrlConfig"]["InvokeMode"] == "RESPONSE_STREAM"
+    buffered = RESOURCES["RouterBufferedFunction"]["Properties"]
+    assert "FunctionUrlConfig" not in buffered
+    routes = {
+        (e["Properties"]["Method"], e["Properties"]["Path"])
+        for e in buffered["Events"].values()
+        if e["Type"] == "HttpApi"
+    }
+    assert routes == {("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/health")}
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [({}, "bearer"), ({"ClusterApiKeySecretName": ""}, "none")],
+)
+def test_generated_routing_config_is_valid_and_signs_calls_to_the_edge(params, expected):
+    resolver = Resolver(TEMPLATE, ATTRS, params)
+    for name in ROUTERS:
+        config = load_config(function_environment(TEMPLATE, name, resolver)["R1EDGE_CONFIG"], environ={})
+        edge, cluster = config.tier_endpoints("edge")[0], config.tier_endpoints("cluster")[0]
+        assert edge.url == "https://edge123.lambda-url.us-east-1.on.aws/v1"
+        assert (edge.auth.type, edge.auth.service) == ("sigv4", "lambda")
+        assert cluster.url == "https://api.deepseek.com/v1"
+        assert cluster.upstream_model == "deepseek-reasoner"
+        assert cluster.auth.type == expected
+    buffered = load_config(function_environment(TEMPLATE, "RouterBufferedFunction", resolver)["R1EDGE_CONFIG"], {})
+    assert buffered.deadline < 30  # API Gateway's integration timeout
+
+
+def test_routing_config_from_s3_when_a_bucket_is_given():
+    resolver = Resolver(TEMPLATE, ATTRS, {"RoutingConfigBucket": "my-bucket"})
+    env = function_environment(TEMPLATE, "RouterStreamFunction", resolver)
+    assert env["R1EDGE_CONFIG"] == "s3://my-bucket/routing.yaml"
+    statements = resolver.resolve(RESOURCES["RouterStreamFunction"]["Properties"]["Policies"])[0]["Statement"]
+    assert {
+        "Sid": "ReadRoutingConfig",
+        "Effect": "Allow",
+        "Action": "s3:GetObject",
+        "Resource": "arn:aws:s3:::my-bucket/routing.yaml",
+    } in statements
+
+
+@pytest.mark.parametrize("name", ROUTERS)
+def test_router_iam_is_least_privilege(name):
+    resolver = Resolver(TEMPLATE, ATTRS)
+    [policy] = resolver.resolve(RESOURCES[name]["Properties"]["Policies"])
+    by_sid = {s["Sid"]: s for s in policy["Statement"]}
+    assert set(by_sid) == {"InvokeEdgeFunctionUrl", "ReadClusterApiKey"}
+    assert sorted(by_sid["InvokeEdgeFunctionUrl"]["Action"]) == ["lambda:InvokeFunction", "lambda:InvokeFunctionUrl"]
+    assert by_sid["InvokeEdgeFunctionUrl"]["Resource"] == ATTRS["EdgeFunction.Arn"]
+    assert by_sid["ReadClusterApiKey"]["Action"] == "secretsmanager:GetSecretValue"
+    assert by_sid["ReadClusterApiKey"]["Resource"].endswith(":secret:r1edge/cluster-api-key-??????")
+    no_secret = Resolver(TEMPLATE, ATTRS, {"ClusterApiKeySecretName": ""})
+    [policy] = no_secret.resolve(RESOURCES[name]["Properties"]["Policies"])
+    assert [s["Sid"] for s in policy["Statement"]] == ["InvokeEdgeFunctionUrl"]
+
+
+def test_edge_is_an_iam_protected_streaming_container_image():
+    edge = RESOURCES["EdgeFunction"]
+    props = edge["Properties"]
+    assert props["PackageType"] == "Image"
+    assert "Runtime" not in props
+    assert "Handler" not in props
+    assert props["FunctionUrlConfig"] == {"AuthType": "AWS_IAM", "InvokeMode": "RESPONSE_STREAM"}
+    assert props["Environment"]["Variables"]["AWS_LWA_ASYNC_INIT"] == "true"
+    assert "EphemeralStorage" in props
+    dockerfile = ROOT / edge["Metadata"]["Dockerfile"]
+    assert edge["Metadata"]["DockerContext"] == "."
+    text = dockerfile.read_text()
+    assert "public.ecr.aws/lambda/python:3.12" in text
+    assert "-DGGML_NATIVE=OFF" in text
+    assert "/opt/extensions/lambda-adapter" in text
+    final = dockerfile_final_stage(dockerfile)
+    for source in final["copy"]:
+        assert (ROOT / source).exists(), source
+    assert final["entrypoint"] == ["python", "-m", "uvicorn"]
+    assert final["cmd"][-1] == "app:app"
+    assert final["env"]["AWS_LWA_READINESS_CHECK_PATH"] == "/ping"
+    assert final["env"]["AWS_LWA_INVOKE_MODE"] == "response_stream"
+
+
+def test_dockerignore_keeps_what_the_dockerfile_copies():
+    rules = (ROOT / ".dockerignore").read_text().split()
+    for source in dockerfile_final_stage(ROOT / "functions/edge/Dockerfile")["copy"]:
+        assert any(rule.startswith(f"!{source}") for rule in rules), source
+
+
+def test_every_function_has_a_log_group_with_retention():
+    groups = {
+        v["Properties"]["LogGroupName"]["Fn::Sub"]: v["Properties"]
+        for v in RESOURCES.values()
+        if v["Type"] == "AWS::Logs::LogGroup"
+    }
+    for name in functions():
+        props = groups[f"/aws/lambda/${{{name}}}"]
+        assert props["RetentionInDays"] == {"Ref": "LogRetentionInDays"}
+
+
+def test_outputs_give_every_url():
+    outputs = TEMPLATE["Outputs"]
+    resolver = Resolver(TEMPLATE, ATTRS)
+    assert resolver.resolve(outputs["RouterStreamUrl"]["Value"]) == "https://router123.lambda-url.us-east-1.on.aws/v1"
+    assert resolver.resolve(outputs["HttpApiUrl"]["Value"]) == "https://HttpApi.execute-api.us-east-1.amazonaws.com/v1"
+    assert resolver.resolve(outputs["EdgeFunctionUrl"]["Value"]) == "https://edge123.lambda-url.us-east-1.on.aws/v1"
+
+
+def test_events_for_sam_local_invoke_exist_and_are_payload_v2():
+    events = sorted((ROOT / "tests" / "events").glob("*.json"))
+    assert len(events) >= 5
+    for path in events:
+        event = json.loads(path.read_text())
+        assert event["version"] == "2.0"
+        assert event["requestContext"]["http"]["method"] in ("GET", "POST")
