@@ -92,6 +92,34 @@ class Resolver:
 _NO_VALUE = object()
 
 
+def sam_translate(template: dict[str, Any], parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Translate the SAM template to plain CloudFormation with aws-sam-translator, as
+    ``sam validate`` does: local code paths become placeholder S3 URIs and the image a placeholder
+    ECR URI (``sam build``/``sam deploy`` fill in the real ones).
+
+    Raises:
+        samtranslator.model.exceptions.InvalidDocumentException: the template is not valid SAM.
+    """
+    from samtranslator.translator.transform import transform
+
+    document = json.loads(json.dumps(template))
+    for name, resource in document["Resources"].items():
+        props = resource.get("Properties", {})
+        if resource["Type"] == "AWS::Serverless::Function":
+            if props.get("PackageType") == "Image":
+                props["ImageUri"] = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{name.lower()}:latest"
+            else:
+                props["CodeUri"] = f"s3://placeholder-bucket/{name}.zip"
+        elif resource["Type"] == "AWS::Serverless::LayerVersion":
+            props["ContentUri"] = f"s3://placeholder-bucket/{name}.zip"
+
+    class NoManagedPolicies:
+        def load(self) -> dict[str, str]:
+            return {}
+
+    return transform(document, parameters or {}, NoManagedPolicies())
+
+
 def function_environment(template: dict[str, Any], name: str, resolver: Resolver) -> dict[str, str]:
     """Globals' and the function's environment variables, resolved."""
     env = dict(template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {}))

@@ -40,14 +40,16 @@ def deadline_ms(seconds: float) -> int:
 
 
 def edge_app(monkeypatch):
-    """The edge image's app: the Dockerfile's final-stage ENV, its CMD's module, the baked model
-    (the same file as the packaged default, which is what the image copies)."""
+    """The edge image's app: the Dockerfile's final-stage ENV plus the template's environment
+    (parameter defaults: no MODEL_URI, so the packaged default model, as in the image), and the
+    module its CMD names."""
     stage = dockerfile_final_stage(ROOT / RESOURCES["EdgeFunction"]["Metadata"]["Dockerfile"])
-    env = {**stage["env"], **RESOURCES["EdgeFunction"]["Properties"]["Environment"]["Variables"]}
-    env["MODEL_PATH"] = str(resolve_model_path())  # the image bakes this very file at /opt/models/model.gguf
+    resolver = Resolver(TEMPLATE, {})
+    env = {**stage["env"], **function_environment(TEMPLATE, "EdgeFunction", resolver)}
     for key, value in env.items():
-        if not key.startswith("PYTHONPATH"):
+        if key != "PYTHONPATH":  # /opt/deps and /var/task: this venv and the .pth file stand in
             monkeypatch.setenv(key, str(value))
+    assert resolve_model_path().name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     module, attr = stage["cmd"][-1].split(":")
     return getattr(load_module(ROOT / "functions/edge" / f"{module}.py", "edge_image_app"), attr)
 
@@ -89,7 +91,9 @@ def router_client(name: str, edge_url: str, monkeypatch) -> TestClient:
     return TestClient(app, raise_server_exceptions=False)
 
 
-def invoke(client: TestClient, event_name: str, timeout_s: float = 30):
+def invoke(client: TestClient, event_name: str, function: str):
+    """Invoke as Lambda would: the deadline is the function's ``Timeout`` from now."""
+    timeout_s = RESOURCES[function]["Properties"]["Timeout"]
     return client.request(**adapter_request(load_event(event_name), deadline_ms(timeout_s)))
 
 
@@ -97,12 +101,12 @@ def invoke(client: TestClient, event_name: str, timeout_s: float = 30):
 def test_router_functions_answer_their_events(name, edge_server, monkeypatch):
     with router_client(name, edge_server, monkeypatch) as client:
         assert client.get("/ping").status_code == 200  # the adapter's readiness check
-        models = invoke(client, "router-stream-models.json")
+        models = invoke(client, "router-stream-models.json", name)
         assert [m["id"] for m in models.json()["data"]] == ["auto", "edge", "deepseek-r1"]
-        invalid = invoke(client, "router-stream-invalid.json")
+        invalid = invoke(client, "router-stream-invalid.json", name)
         assert invalid.status_code == 400
         assert invalid.json()["error"]["param"] == "messages"
-        chat = invoke(client, "router-httpapi-chat.json")
+        chat = invoke(client, "router-httpapi-chat.json", name)
         assert chat.status_code == 200, chat.text
         assert chat.headers["x-r1edge-route"] == "edge"
         assert chat.headers["x-r1edge-upstream"] == "edge-lambda"
@@ -121,7 +125,8 @@ def test_streaming_router_streams_through_the_signed_edge(edge_server, monkeypat
             return headers
 
         upstream.sigv4_headers = spy
-        request = adapter_request(load_event("router-stream-chat.json"), deadline_ms(60))
+        timeout_s = RESOURCES["RouterStreamFunction"]["Properties"]["Timeout"]
+        request = adapter_request(load_event("router-stream-chat.json"), deadline_ms(timeout_s))
         with client.stream(**request) as response:
             assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
@@ -134,9 +139,9 @@ def test_streaming_router_streams_through_the_signed_edge(edge_server, monkeypat
 def test_edge_image_answers_its_events(monkeypatch):
     with TestClient(edge_app(monkeypatch)) as client:
         assert client.get("/ping").status_code == 200
-        models = invoke(client, "edge-models.json")
+        models = invoke(client, "edge-models.json", "EdgeFunction")
         assert models.json()["data"][0]["id"] == "SmolLM2-135M-Instruct.Q4_1"
-        chat = invoke(client, "edge-chat.json")
+        chat = invoke(client, "edge-chat.json", "EdgeFunction")
         assert chat.status_code == 200
         body = chat.json()
         assert body["usage"]["completion_tokens"] <= json.loads(load_event("edge-chat.json")["body"])["max_tokens"]

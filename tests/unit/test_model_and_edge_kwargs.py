@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+
+import boto3
 import pytest
+from moto import mock_aws
 
 from r1edge.edge import completion_kwargs
 from r1edge.errors import InvalidRequest
@@ -81,3 +85,57 @@ def test_json_object_and_logit_bias_pass_through():
     out = kwargs(response_format={"type": "json_object"}, logit_bias={"42": -100})
     assert out["response_format"] == {"type": "json_object"}
     assert out["logit_bias"] == {"42": -100}
+
+
+GGUF = b"GGUF" + bytes(range(256)) * 64
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket="models")
+        client.put_object(Bucket="models", Key="r1/distill.gguf", Body=GGUF)
+        yield client
+
+
+def test_model_uri_is_downloaded_once_and_reused(s3, tmp_path):
+    env = {"MODEL_URI": "s3://models/r1/distill.gguf", "MODEL_CACHE_DIR": str(tmp_path)}
+    path = resolve_model_path(env, image_path=tmp_path / "absent.gguf", s3=s3)
+    assert path.read_bytes() == GGUF
+    assert path.parent == tmp_path
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no partial file left behind
+    s3.delete_object(Bucket="models", Key="r1/distill.gguf")
+    assert resolve_model_path(env, image_path=tmp_path / "absent.gguf", s3=s3) == path  # reused, not fetched
+
+
+def test_model_uri_with_a_wrong_sha256_is_refused_and_removed(s3, tmp_path):
+    env = {"MODEL_URI": "s3://models/r1/distill.gguf", "MODEL_CACHE_DIR": str(tmp_path), "MODEL_SHA256": "0" * 64}
+    with pytest.raises(ModelError, match="expected 0000"):
+        resolve_model_path(env, image_path=tmp_path / "absent.gguf", s3=s3)
+    assert list(tmp_path.iterdir()) == []
+    good = {**env, "MODEL_SHA256": hashlib.sha256(GGUF).hexdigest()}
+    assert resolve_model_path(good, image_path=tmp_path / "absent.gguf", s3=s3).read_bytes() == GGUF
+
+
+def test_model_uri_errors_name_what_was_tried(s3, tmp_path):
+    missing = {"MODEL_URI": "s3://models/nope.gguf", "MODEL_CACHE_DIR": str(tmp_path)}
+    with pytest.raises(ModelError, match=r"cannot download s3://models/nope\.gguf"):
+        resolve_model_path(missing, image_path=tmp_path / "absent.gguf", s3=s3)
+    with pytest.raises(ModelError, match="s3://bucket/key"):
+        resolve_model_path({"MODEL_URI": "https://x/y.gguf"}, image_path=tmp_path / "absent.gguf", s3=s3)
+    s3.put_object(Bucket="models", Key="page.html", Body=b"<html>")
+    with pytest.raises(ModelError, match="not a GGUF file"):
+        resolve_model_path(
+            {"MODEL_URI": "s3://models/page.html", "MODEL_CACHE_DIR": str(tmp_path)},
+            image_path=tmp_path / "absent.gguf",
+            s3=s3,
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_image_model_wins_over_model_uri(tmp_path):
+    baked = tmp_path / "model.gguf"
+    baked.write_bytes(GGUF)
+    assert resolve_model_path({"MODEL_URI": "s3://models/x.gguf"}, image_path=baked) == baked

