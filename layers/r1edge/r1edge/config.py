@@ -73,6 +73,8 @@ class Endpoint(_Strict):
             (``edge`` or ``deepseek-r1``) is sent.
         auth: see :class:`Auth`.
         timeouts: see :class:`Timeouts`.
+        max_concurrency: requests in flight to this endpoint from one router process beyond
+            which it is skipped (``None``: no limit).
     """
 
     name: str = Field(min_length=1)
@@ -84,6 +86,7 @@ class Endpoint(_Strict):
     model: str | None = None
     auth: Auth = Auth()
     timeouts: Timeouts = Timeouts()
+    max_concurrency: int | None = Field(None, ge=1)
 
     @field_validator("url")
     @classmethod
@@ -107,6 +110,23 @@ class Retry(_Strict):
     max_attempts: int = Field(4, ge=1)
     backoff_base: float = Field(0.25, ge=0)
     backoff_cap: float = Field(8.0, ge=0)
+
+
+class Breaker(_Strict):
+    """Circuit breaker thresholds (see :mod:`r1edge.breaker`): counts, a ratio, seconds."""
+
+    failure_threshold: int = Field(5, ge=1)
+    error_ratio: float = Field(0.5, gt=0, le=1)
+    min_calls: int = Field(20, ge=1)
+    window: float = Field(60.0, gt=0)
+    cooldown: float = Field(30.0, ge=0)
+
+
+class Latency(_Strict):
+    """Latency-based switching (see :mod:`r1edge.balancer`): seconds and a fraction."""
+
+    threshold: float = Field(0.5, gt=0)
+    hysteresis: float = Field(0.8, gt=0, le=1)
 
 
 DEFAULT_PATTERNS: dict[str, list[str]] = {
@@ -160,6 +180,10 @@ class RoutingConfig(_Strict):
         endpoints: at least one :class:`Endpoint`; names are unique.
         deadline: seconds one request may take end to end, locally (default 300).
         retry: :class:`Retry` settings.
+        breaker: :class:`Breaker` settings.
+        latency: :class:`Latency` settings.
+        keepalive_interval: seconds between ``: keep-alive`` comments while a stream waits for
+            its first token (default 5; CloudFront's default read timeout is 30 s).
         classifier: :class:`Classifier` settings.
         max_body_bytes: request bodies larger than this are refused with 413 (default 10 MiB).
     """
@@ -167,6 +191,9 @@ class RoutingConfig(_Strict):
     endpoints: list[Endpoint] = Field(min_length=1)
     deadline: float = Field(300.0, gt=0)
     retry: Retry = Retry()
+    breaker: Breaker = Breaker()
+    latency: Latency = Latency()
+    keepalive_interval: float = Field(5.0, gt=0)
     classifier: Classifier = Classifier()
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
 

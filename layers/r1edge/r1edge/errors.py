@@ -107,6 +107,14 @@ class RequestTooLarge(OpenAIError):
     code = "request_too_large"
 
 
+class RateLimited(OpenAIError):
+    """429 ``rate_limit_exceeded`` (type ``requests``): retry after ``Retry-After`` seconds."""
+
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
 class UpstreamError(OpenAIError):
     """502 ``upstream_error``: no upstream gave a usable answer."""
 

@@ -1,39 +1,53 @@
-"""The router's core: pick a tier, try its endpoints, and relay the answer.
+"""The router's core: pick a tier, run the one retry loop over its endpoints, relay the answer.
 
 ``Gateway.complete`` takes a validated request and returns a :class:`Routed` answer (a JSON
-completion, or an SSE byte stream), or raises an :class:`~r1edge.errors.OpenAIError`. Within the
-tier, endpoints are tried in priority order; an endpoint that fails before any byte reached the
-client (connection error, timeout, 408/429/5xx, a body that is not a completion, a stream that is
-not SSE) is passed over for the next. Client faults an upstream reports (400, 413, 422) are
-relayed at once with the upstream's message. 401/403/404 from an upstream mean our credential or
-model mapping is wrong: logged loudly, the endpoint is skipped, and with none left the client
-gets 502 — never a 401 that blames its key (DESIGN.md, Retry rules).
+completion, or an SSE byte stream), or raises an :class:`~r1edge.errors.OpenAIError`.
+
+The retry loop (DESIGN.md, Retry rules; "fallbacks wrap retries wrap one attempt"): each attempt
+goes to the endpoint :class:`~r1edge.balancer.Pool` chooses — failover to an endpoint not yet
+tried comes first and costs no wait; retrying an endpoint already tried waits a full-jitter
+backoff with the upstream's ``Retry-After`` as a floor, and never past the deadline (an endpoint
+whose wait would overrun it is taken out instead). Each endpoint may be tried
+``retry.max_attempts`` times. Retryable: connection errors, timeouts before the first byte, 408,
+429, 5xx, a body that is not a completion, a stream that is not SSE or fails before content.
+400/413/422 are relayed at once with the upstream's message and leave the breaker alone.
+401/403/404 take the endpoint out (logged loudly); with none left the client gets 502, never a
+401 that blames its key. Backends never retry by themselves.
+
+Streams: the client's response is held until the upstream's first content chunk, so a failure
+before content falls back silently and the headers name the endpoint that answers. If no content
+comes within ``keepalive_interval`` seconds the response starts and ``: keep-alive`` comments
+flow until it does (a fallback may still happen then, silently, before any content). Once content
+has reached the client, a failure ends the stream with ``upstream_stream_truncated`` and no
+``[DONE]``. Closing the stream (client gone) closes the upstream connection.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import math
+import random
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import httpx
 from aws_lambda_powertools import Logger
 
+from r1edge.balancer import EndpointState, Pool
+from r1edge.breaker import BreakerSettings
 from r1edge.classifier import Decision, classify
 from r1edge.config import MODEL_TIERS, Endpoint, RoutingConfig
-from r1edge.errors import ModelNotFound, OpenAIError, UpstreamError, UpstreamTimeout
-from r1edge.relay import parse_completion, relay_sse
+from r1edge.errors import ModelNotFound, OpenAIError, Overloaded, RateLimited, UpstreamError, UpstreamTimeout
+from r1edge.relay import DONE, StreamTruncated, iter_chunks, parse_completion, sse_data, truncated_event
+from r1edge.retry import Outcome, classify_status, parse_retry_after, wait_before_retry
 from r1edge.upstream import Upstream
 from r1edge.validation import ChatRequest
-
-#: Upstream statuses that are the client's fault: relayed as they are (DESIGN.md, Retry rules).
-CLIENT_FAULT = frozenset({400, 413, 422})
-#: Upstream statuses that mean our credential or model mapping for that endpoint is wrong.
-MISCONFIGURED = frozenset({401, 403, 404})
 
 logger = Logger(service="r1edge-router", child=True)
 
@@ -87,16 +101,6 @@ def route_headers(decision: Decision | None, endpoint: str | None, attempts: int
     return headers
 
 
-@dataclass
-class _Failures:
-    notes: list[str] = field(default_factory=list)
-    all_timeouts: bool = True
-
-    def add(self, endpoint: Endpoint, note: str, timeout: bool = False) -> None:
-        self.notes.append(f"{endpoint.name}: {note}")
-        self.all_timeouts = self.all_timeouts and timeout
-
-
 def _upstream_client_error(response_body: bytes, status: int) -> OpenAIError:
     """Relay an upstream 400/413/422, keeping its OpenAI-shaped message when it has one."""
     message, param, code, type_ = f"upstream rejected the request (HTTP {status})", None, None, None
@@ -115,18 +119,39 @@ def _upstream_client_error(response_body: bytes, status: int) -> OpenAIError:
 
 
 class Gateway:
-    """Routes validated chat requests to the edge or cluster tier.
+    """Routes validated chat requests to the edge or cluster tier, with one retry loop.
 
     Args:
         config: the routing configuration.
         upstream: the HTTP transport.
-        clock: monotonic clock in seconds (injected for tests).
+        clock: monotonic clock, seconds (injected in tests).
+        sleep: ``async (seconds) -> None`` used for every backoff wait (injected in tests, so no
+            test sleeps for real).
+        wall_clock: seconds since the epoch, for HTTP-date ``Retry-After`` values.
+        rng: randomness for the backoff jitter.
     """
 
-    def __init__(self, config: RoutingConfig, upstream: Upstream, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: RoutingConfig,
+        upstream: Upstream,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wall_clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
         self.config = config
         self.upstream = upstream
         self.clock = clock
+        self.sleep = sleep
+        self.wall_clock = wall_clock
+        self.rng = rng or random.Random()
+        self.pool = Pool(
+            config.endpoints,
+            BreakerSettings(**config.breaker.model_dump()),
+            latency_threshold=config.latency.threshold,
+            hysteresis=config.latency.hysteresis,
+        )
 
     def decide(self, request: ChatRequest) -> Decision:
         """Map the requested model to a tier: ``auto`` classifies; ``edge`` and ``deepseek-r1``
@@ -152,7 +177,8 @@ class Gateway:
         return decision
 
     async def complete(self, request: ChatRequest, request_id: str, deadline: float | None = None) -> Routed:
-        """Answer a request from the first endpoint of its tier that gives a usable answer.
+        """Answer a request: attempts go to the tier's endpoints chosen by :class:`Pool`, with
+        backoff between retries of the same endpoint, until one gives a usable answer.
 
         Args:
             request: the validated request.
@@ -163,7 +189,10 @@ class Gateway:
         Raises:
             ModelNotFound: see :meth:`decide`.
             OpenAIError: an upstream's 400/413/422, relayed with its message and status.
-            UpstreamTimeout: every endpoint timed out, or the ``deadline`` (seconds) passed.
+            Overloaded: every endpoint is busy (429/503) or open; 503 with ``Retry-After``.
+            RateLimited: the upstreams asked for a wait longer than the time left; 429 with
+                ``Retry-After``.
+            UpstreamTimeout: every attempt timed out, or the deadline passed.
             UpstreamError: no endpoint gave a usable answer.
         """
         decision = self.decide(request)
@@ -179,106 +208,357 @@ class Gateway:
             },
         )
         deadline = self.config.deadline if deadline is None else deadline
-        timeout = UpstreamTimeout(
-            f"No answer within the deadline of {deadline:.3g} s.", headers=route_headers(decision, None, 0)
-        )
-        if deadline <= 0:
-            raise timeout
-        try:
-            with anyio.fail_after(deadline):
-                return await self._try_endpoints(request, decision, request_id)
-        except TimeoutError:
-            raise timeout from None
-
-    async def _try_endpoints(self, request: ChatRequest, decision: Decision, request_id: str) -> Routed:
-        failures = _Failures()
-        attempts = 0
-        for endpoint in self.config.tier_endpoints(decision.tier):
-            attempts += 1
-            body = dict(request.body, model=endpoint.upstream_model)
-            started = self.clock()
+        loop = _RetryLoop(self, request, decision, request_id, self.clock() + deadline)
+        if request.stream:
+            return await self._stream(loop)
+        while True:
+            state, response = await loop.next_response()
             try:
-                response = await self.upstream.open_chat(endpoint, body, upstream_request_id(request_id))
-            except httpx.TimeoutException as exc:
-                failures.add(endpoint, f"timeout ({type(exc).__name__})", timeout=True)
-                continue
-            except httpx.TransportError as exc:
-                failures.add(endpoint, f"{type(exc).__name__}: {exc}")
-                continue
-            except UpstreamError as exc:
-                logger.error("endpoint misconfigured", extra={"endpoint": endpoint.name, "error": exc.message})
-                failures.add(endpoint, exc.message)
-                continue
-            routed = await self._take_response(request, decision, endpoint, response, attempts, failures)
-            if routed is not None:
-                logger.info(
-                    "upstream answered",
-                    extra={
-                        "request_id": request_id,
-                        "endpoint": endpoint.name,
-                        "attempts": attempts,
-                        "status": response.status_code,
-                        "header_ms": round((self.clock() - started) * 1000, 1),
-                    },
+                with anyio.fail_after(max(0.0, loop.deadline_at - self.clock())):
+                    raw = await response.aread()
+                completion = parse_completion(raw)
+            except (ValueError, httpx.HTTPError, TimeoutError) as exc:
+                loop.failed(
+                    state,
+                    f"unusable body: {type(exc).__name__}: {exc}",
+                    timeout=isinstance(exc, (TimeoutError, httpx.TimeoutException)),
                 )
-                return routed
-        headers = route_headers(decision, None, attempts)
-        summary = "; ".join(failures.notes) or "no endpoint"
-        logger.warning("no upstream answered", extra={"request_id": request_id, "failures": failures.notes})
-        if failures.notes and failures.all_timeouts:
-            raise UpstreamTimeout(f"Every {decision.tier} endpoint timed out ({summary}).", headers=headers)
-        raise UpstreamError(f"No {decision.tier} endpoint gave a usable answer ({summary}).", headers=headers)
-
-    async def _take_response(
-        self,
-        request: ChatRequest,
-        decision: Decision,
-        endpoint: Endpoint,
-        response: httpx.Response,
-        attempts: int,
-        failures: _Failures,
-    ) -> Routed | None:
-        """Turn one upstream response into a :class:`Routed`, or record why it is unusable."""
-        status = response.status_code
-        streaming = False
-        try:
-            if status in CLIENT_FAULT:
-                error = _upstream_client_error(await response.aread(), status)
-                error.headers.update(route_headers(decision, endpoint.name, attempts))
-                raise error
-            if status in MISCONFIGURED:
-                logger.error(
-                    "upstream refused our credentials or model mapping; endpoint skipped",
-                    extra={"endpoint": endpoint.name, "status": status, "model": endpoint.upstream_model},
-                )
-                failures.add(endpoint, f"HTTP {status} (credential or model mapping)")
-                return None
-            if status != 200:
-                failures.add(endpoint, f"HTTP {status}")
-                return None
-            if request.stream:
-                content_type = response.headers.get("content-type", "")
-                if "text/event-stream" not in content_type:
-                    failures.add(endpoint, f"stream answered with content-type {content_type!r}")
-                    return None
-                streaming = True
-                return Routed(decision, endpoint, attempts, stream=_owned_stream(response))
-            try:
-                completion = parse_completion(await response.aread())
-            except (ValueError, httpx.HTTPError) as exc:
-                failures.add(endpoint, f"unusable body: {exc}", timeout=isinstance(exc, httpx.TimeoutException))
-                return None
-            return Routed(decision, endpoint, attempts, completion=completion)
-        finally:
-            if not streaming:
+                continue
+            finally:
                 await response.aclose()
+                state.in_flight -= 1
+            loop.succeeded(state)
+            return Routed(decision, state.endpoint, loop.attempts, completion=completion)
+
+    async def _stream(self, loop: _RetryLoop) -> Routed:
+        """Open a stream and hold the client's response until the first content chunk, so that a
+        failure before any content falls back silently with accurate headers; if no content
+        comes within ``keepalive_interval`` seconds, commit the response and keep waiting inside
+        it, sending ``: keep-alive`` comments (see :meth:`_relay`)."""
+        while True:
+            state, response = await loop.next_response()
+            upstream = _UpstreamStream(response)
+            result = await upstream.first_content(
+                min(self.config.keepalive_interval, loop.first_byte_left(state)), loop
+            )
+            if result == "failed":
+                await upstream.aclose()
+                state.in_flight -= 1
+                continue
+            if result == "content":
+                loop.succeeded(state)
+            return Routed(
+                loop.decision,
+                state.endpoint,
+                loop.attempts,
+                stream=self._relay(loop, state, upstream, content_started=result == "content"),
+            )
+
+    async def _relay(
+        self, loop: _RetryLoop, state: EndpointState, upstream: _UpstreamStream, content_started: bool
+    ) -> AsyncIterator[bytes]:
+        """The client's SSE stream. Before content: keep-alive comments, and silent fallback to
+        the next endpoint on failure. After content: chunks as they arrive; a failure ends the
+        stream with ``upstream_stream_truncated`` and no ``[DONE]`` (DESIGN.md, Errors)."""
+        try:
+            while not content_started:
+                left = loop.first_byte_left(state)
+                result = await upstream.first_content(min(self.config.keepalive_interval, left), loop)
+                if result == "content":
+                    loop.succeeded(state)
+                    content_started = True
+                elif result == "waiting":
+                    yield KEEPALIVE
+                else:
+                    await upstream.aclose()
+                    state.in_flight -= 1
+                    try:
+                        state, response = await loop.next_response()
+                    except OpenAIError as exc:
+                        yield sse_data(exc.body())
+                        return
+                    upstream = _UpstreamStream(response)
+            for chunk in upstream.buffered:
+                yield sse_data(chunk)
+            upstream.buffered.clear()
+            while True:
+                kind, item = await upstream.get(self.config_idle(state))
+                if kind == "chunk":
+                    yield sse_data(item)
+                elif kind == "done":
+                    yield DONE
+                    return
+                else:
+                    reason = item if kind == "error" else f"no data for {self.config_idle(state):g} s"
+                    state.breaker.record_failure(self.clock())
+                    logger.warning(
+                        "stream cut after content", extra={"endpoint": state.endpoint.name, "reason": reason}
+                    )
+                    yield truncated_event(reason)
+                    return
+        finally:
+            await upstream.aclose()
+            state.in_flight -= 1
+
+    @staticmethod
+    def config_idle(state: EndpointState) -> float:
+        return state.endpoint.timeouts.idle
 
 
-async def _owned_stream(response: httpx.Response) -> AsyncIterator[bytes]:
-    """Relay ``response`` as SSE and close it however the relay ends (done, cut, or the client
-    went away — closing the connection is what stops the upstream generating)."""
-    try:
-        async for data in relay_sse(response):
-            yield data
-    finally:
-        await response.aclose()
+KEEPALIVE = b": keep-alive\n\n"
+
+
+class _UpstreamStream:
+    """An upstream SSE response read by a background task into a queue, so waits can time out
+    without breaking the stream (cancelling an ``__anext__`` mid-read would)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.buffered: list[dict[str, Any]] = []
+        self.task = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        try:
+            async for chunk in iter_chunks(self.response):
+                await self.queue.put(("chunk", chunk))
+            await self.queue.put(("done", None))
+        except StreamTruncated as exc:
+            await self.queue.put(("error", str(exc)))
+
+    async def get(self, timeout: float) -> tuple[str, Any]:
+        """Next item: ``("chunk", obj)``, ``("done", None)``, ``("error", reason)``, or
+        ``("timeout", None)`` after ``timeout`` seconds without one."""
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout=max(0.0, timeout))
+        except TimeoutError:
+            return ("timeout", None)
+
+    async def first_content(self, timeout: float, loop: _RetryLoop) -> str:
+        """Buffer chunks until one carries content: ``"content"``; ``"waiting"`` when
+        ``timeout`` passes first (the first-byte budget is not spent yet); ``"failed"`` when the
+        stream failed or ended before content, or the first-byte budget ran out (recorded)."""
+        deadline = asyncio.get_running_loop().time() + max(0.0, timeout)
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            kind, item = await self.get(left)
+            if kind == "chunk":
+                self.buffered.append(item)
+                if has_content(item):
+                    return "content"
+                continue
+            state = loop.current
+            if kind == "timeout":
+                if loop.first_byte_left(state) > 0:
+                    return "waiting"
+                loop.failed(state, f"no first token within {state.endpoint.timeouts.first_byte:g} s", timeout=True)
+                return "failed"
+            reason = item if kind == "error" else "stream ended before any content"
+            loop.failed(state, reason)
+            return "failed"
+
+    async def aclose(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.task
+        await self.response.aclose()
+
+
+def has_content(chunk: dict[str, Any]) -> bool:
+    """Whether a chunk carries something the client should see as an answer: content,
+    reasoning, tool calls, a finish reason, or usage (a role-only first delta does not count)."""
+    if chunk.get("usage"):
+        return True
+    for choice in chunk.get("choices") or []:
+        if not isinstance(choice, dict):
+            continue
+        if choice.get("finish_reason"):
+            return True
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"):
+            return True
+    return False
+
+
+class _RetryLoop:
+    """One request's retry state: attempts per endpoint, endpoints taken out, failure notes,
+    and the deadline (monotonic seconds)."""
+
+    def __init__(
+        self, gateway: Gateway, request: ChatRequest, decision: Decision, request_id: str, deadline_at: float
+    ) -> None:
+        self.gw = gateway
+        self.request = request
+        self.decision = decision
+        self.request_id = request_id
+        self.deadline_at = deadline_at
+        self.attempts = 0
+        self.tried: dict[str, int] = {}
+        self.excluded: set[str] = set()
+        self.notes: list[str] = []
+        self.retry_after: dict[str, float | None] = {}
+        self.statuses: list[int] = []
+        self.timeouts = 0
+        self.forced_probe_used = False
+        self.current: EndpointState
+        self.started_at: dict[str, float] = {}
+        self.budget = gateway.config.retry.max_attempts * max(1, len(gateway.config.tier_endpoints(decision.tier)))
+
+    def headers(self, endpoint: str | None = None) -> dict[str, str]:
+        return route_headers(self.decision, endpoint, self.attempts)
+
+    def first_byte_left(self, state: EndpointState) -> float:
+        started = self.started_at.get(state.endpoint.name, self.gw.clock())
+        budget = started + state.endpoint.timeouts.first_byte
+        return max(0.0, min(budget, self.deadline_at) - self.gw.clock())
+
+    def failed(
+        self,
+        state: EndpointState,
+        note: str,
+        retry_after: float | None = None,
+        timeout: bool = False,
+        status: int | None = None,
+    ) -> None:
+        """Record a retryable failure of ``state``'s endpoint (breaker, notes, Retry-After)."""
+        state.breaker.record_failure(self.gw.clock())
+        self.notes.append(f"{state.endpoint.name}: {note}")
+        self.retry_after[state.endpoint.name] = retry_after
+        if status is not None:
+            self.statuses.append(status)
+        if timeout:
+            self.timeouts += 1
+        logger.info(
+            "attempt failed",
+            extra={
+                "request_id": self.request_id,
+                "endpoint": state.endpoint.name,
+                "attempt": self.attempts,
+                "reason": note,
+            },
+        )
+
+    def succeeded(self, state: EndpointState) -> None:
+        now = self.gw.clock()
+        state.breaker.record_success(now)
+        state.observe_ttfb(now - self.started_at.get(state.endpoint.name, now))
+
+    def _give_up(self) -> OpenAIError:
+        summary = "; ".join(self.notes) or "no endpoint available"
+        headers = self.headers()
+        now = self.gw.clock()
+        asked = [ra for ra in self.retry_after.values() if ra is not None]
+        busy = self.statuses and all(s in (429, 503) for s in self.statuses)
+        cooldown = self.gw.pool.shortest_cooldown(self.decision.tier, now)
+        logger.warning("no upstream answered", extra={"request_id": self.request_id, "failures": self.notes})
+        if asked and busy:
+            wait = max(1, math.ceil(min(asked)))
+            status_cls = RateLimited if all(s == 429 for s in self.statuses) else Overloaded
+            return status_cls(
+                f"Every {self.decision.tier} endpoint is busy ({summary}).",
+                headers={**headers, "Retry-After": str(wait)},
+            )
+        if self.timeouts and self.timeouts == len(self.notes):
+            return UpstreamTimeout(f"Every {self.decision.tier} attempt timed out ({summary}).", headers=headers)
+        if cooldown > 0 or busy:
+            wait = max(1, math.ceil(cooldown))
+            return Overloaded(
+                f"Every {self.decision.tier} endpoint is failing ({summary}).",
+                headers={**headers, "Retry-After": str(wait)},
+            )
+        return UpstreamError(f"No {self.decision.tier} endpoint gave a usable answer ({summary}).", headers=headers)
+
+    async def next_response(self) -> tuple[EndpointState, httpx.Response]:
+        """The next upstream response with status 200 (and SSE for streams), after whatever
+        waits and failovers it takes. The caller owns the response and the in-flight count.
+
+        Raises:
+            OpenAIError: a relayed client fault, or the final error when nothing is left.
+        """
+        gw = self.gw
+        while self.attempts < self.budget:
+            now = gw.clock()
+            if now >= self.deadline_at:
+                raise UpstreamTimeout(
+                    f"No answer within the deadline ({'; '.join(self.notes) or 'no attempt'}).", headers=self.headers()
+                )
+            state, forced = gw.pool.choose(
+                self.decision.tier, now, self.tried, self.excluded, allow_forced_probe=not self.forced_probe_used
+            )
+            if state is None:
+                break
+            self.forced_probe_used = self.forced_probe_used or forced
+            name = state.endpoint.name
+            if self.tried.get(name):
+                wait = wait_before_retry(
+                    self.tried[name],
+                    gw.config.retry.backoff_base,
+                    gw.config.retry.backoff_cap,
+                    self.retry_after.get(name),
+                    gw.rng,
+                )
+                if now + wait >= self.deadline_at:
+                    # Never sleep past the deadline: take this endpoint out and try another.
+                    self.excluded.add(name)
+                    self.notes.append(f"{name}: wait of {wait:.3g} s exceeds the time left")
+                    continue
+                await gw.sleep(wait)
+            self.attempts += 1
+            self.tried[name] = self.tried.get(name, 0) + 1
+            self.current = state
+            self.started_at[name] = gw.clock()
+            response = await self._attempt(state)
+            if response is not None:
+                return state, response
+        raise self._give_up()
+
+    async def _attempt(self, state: EndpointState) -> httpx.Response | None:
+        """One attempt: the response when usable (in-flight counted), else ``None`` (recorded)."""
+        endpoint = state.endpoint
+        body = dict(self.request.body, model=endpoint.upstream_model)
+        time_left = max(0.001, self.deadline_at - self.gw.clock())
+        try:
+            with anyio.fail_after(min(time_left, endpoint.timeouts.first_byte + endpoint.timeouts.connect)):
+                response = await self.gw.upstream.open_chat(endpoint, body, upstream_request_id(self.request_id))
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            self.failed(state, f"timeout before headers ({type(exc).__name__})", timeout=True)
+            return None
+        except httpx.TransportError as exc:
+            self.failed(state, f"{type(exc).__name__}: {exc}")
+            return None
+        except UpstreamError as exc:
+            logger.error("endpoint misconfigured", extra={"endpoint": endpoint.name, "error": exc.message})
+            self.excluded.add(endpoint.name)
+            self.notes.append(f"{endpoint.name}: {exc.message}")
+            return None
+        status = response.status_code
+        outcome = classify_status(status)
+        if outcome is Outcome.OK and status == 200:
+            content_type = response.headers.get("content-type", "")
+            if not self.request.stream or "text/event-stream" in content_type:
+                state.in_flight += 1
+                return response
+            await response.aclose()
+            self.failed(state, f"stream answered with content-type {content_type!r}")
+            return None
+        try:
+            raw = await response.aread()
+        except httpx.HTTPError:
+            raw = b""
+        finally:
+            await response.aclose()
+        if outcome is Outcome.CLIENT_FAULT:
+            error = _upstream_client_error(raw, status)
+            error.headers.update(self.headers(endpoint.name))
+            raise error
+        if outcome is Outcome.MISCONFIGURED:
+            logger.error(
+                "upstream refused our credentials or model mapping; endpoint taken out",
+                extra={"endpoint": endpoint.name, "status": status, "model": endpoint.upstream_model},
+            )
+            self.excluded.add(endpoint.name)
+            self.notes.append(f"{endpoint.name}: HTTP {status} (credential or model mapping)")
+            return None
+        retry_after = parse_retry_after(response.headers, self.gw.wall_clock())
+        self.failed(state, f"HTTP {status}", retry_after=retry_after, status=status)
+        return None

@@ -1,0 +1,121 @@
+"""Endpoint state and selection within a tier, pure (time passed in, no I/O).
+
+Each endpoint has a :class:`~r1edge.breaker.CircuitBreaker`, a moving estimate (EWMA) of its
+time to first byte, and an in-flight count. :meth:`Pool.choose` orders a tier's endpoints for
+one attempt: endpoints already taken out for this request or whose breaker is open are skipped;
+among the rest, those not yet tried in this request come first (failover before retrying the same
+endpoint), then by priority — except that when the preferred endpoint's latency estimate passes
+the threshold (default 500 ms) and another available endpoint is faster, traffic moves to the
+faster one, and moves back only once the preferred one is below ``threshold * hysteresis``
+(so it does not flap). When every endpoint is open, the one whose cooldown ends first is probed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from r1edge.breaker import BreakerSettings, CircuitBreaker
+from r1edge.config import Endpoint
+
+#: Weight of the newest sample in the time-to-first-byte EWMA.
+EWMA_ALPHA = 0.2
+
+
+@dataclass
+class EndpointState:
+    """Runtime state of one endpoint: breaker, TTFB estimate (seconds), in-flight requests."""
+
+    endpoint: Endpoint
+    breaker: CircuitBreaker
+    ttfb: float | None = None
+    in_flight: int = 0
+
+    def observe_ttfb(self, seconds: float) -> None:
+        self.ttfb = seconds if self.ttfb is None else (1 - EWMA_ALPHA) * self.ttfb + EWMA_ALPHA * seconds
+
+    @property
+    def at_capacity(self) -> bool:
+        limit = self.endpoint.max_concurrency
+        return limit is not None and self.in_flight >= limit
+
+
+@dataclass
+class Pool:
+    """All endpoints' states, and the latency-switch memory per tier.
+
+    Args:
+        endpoints: the routing config's endpoints.
+        breaker: breaker thresholds for every endpoint.
+        latency_threshold: seconds of TTFB estimate above which traffic may move (0.5).
+        hysteresis: fraction of the threshold the preferred endpoint must fall under before
+            traffic moves back (0.8).
+    """
+
+    endpoints: Iterable[Endpoint]
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    latency_threshold: float = 0.5
+    hysteresis: float = 0.8
+    states: dict[str, EndpointState] = field(init=False)
+    switched: dict[str, bool] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.states = {
+            e.name: EndpointState(e, CircuitBreaker(BreakerSettings(**vars(self.breaker)))) for e in self.endpoints
+        }
+
+    def __getitem__(self, name: str) -> EndpointState:
+        return self.states[name]
+
+    def tier(self, tier: str) -> list[EndpointState]:
+        return sorted((s for s in self.states.values() if s.endpoint.tier == tier), key=lambda s: s.endpoint.priority)
+
+    def _latency_order(self, tier: str, candidates: list[EndpointState]) -> list[EndpointState]:
+        if len(candidates) < 2:
+            return candidates
+        preferred = candidates[0]
+        others = [c for c in candidates[1:] if c.ttfb is not None]
+        fastest = min(others, key=lambda c: c.ttfb or 0.0, default=None)
+        slow = preferred.ttfb is not None and preferred.ttfb > self.latency_threshold
+        recovered = preferred.ttfb is not None and preferred.ttfb < self.latency_threshold * self.hysteresis
+        if self.switched.get(tier):
+            if recovered or fastest is None:
+                self.switched[tier] = False
+        elif slow and fastest is not None and (fastest.ttfb or 0.0) < (preferred.ttfb or 0.0):
+            self.switched[tier] = True
+        if self.switched.get(tier) and fastest is not None:
+            return [fastest] + [c for c in candidates if c is not fastest]
+        return candidates
+
+    def choose(
+        self, tier: str, now: float, tried: dict[str, int], excluded: set[str], allow_forced_probe: bool = True
+    ) -> tuple[EndpointState | None, bool]:
+        """The endpoint for the next attempt (``None`` when none may be tried), and whether it is
+        a forced probe of an open breaker.
+
+        Args:
+            tier: ``edge`` or ``cluster``.
+            now: monotonic seconds, for breaker cooldowns.
+            tried: attempts so far in this request, by endpoint name.
+            excluded: endpoints taken out for this request (misconfigured, or a wait too long).
+            allow_forced_probe: whether, with every breaker open, one may be probed early (the
+                retry loop allows it once per request).
+        """
+        usable = [s for s in self.tier(tier) if s.endpoint.name not in excluded and not s.at_capacity]
+        if not usable:
+            return None, False
+        ordered = self._latency_order(tier, usable)
+        ordered = sorted(ordered, key=lambda s: tried.get(s.endpoint.name, 0))  # stable: failover first
+        for state in ordered:
+            if state.breaker.allow(now):
+                return state, False
+        if not allow_forced_probe:
+            return None, False
+        # Every usable endpoint is open: probe the one whose cooldown ends first.
+        first = min(usable, key=lambda s: s.breaker.cooldown_remaining(now))
+        first.breaker.force_probe(now)
+        return first, True
+
+    def shortest_cooldown(self, tier: str, now: float) -> float:
+        """Seconds until the first open breaker of the tier lets a probe through."""
+        return min((s.breaker.cooldown_remaining(now) for s in self.tier(tier)), default=0.0)
