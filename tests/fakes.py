@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,3 +132,27 @@ def config(*endpoints: dict[str, Any], **extra: Any) -> RoutingConfig:
 
 def endpoint(name: str, tier: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "url": f"http://{name}/v1", "tier": tier, **extra}
+
+
+class FakeClock:
+    """Monotonic and wall clocks that advance for real, plus whatever :meth:`sleep` was asked to
+    wait — so backoff and Retry-After waits are recorded, not slept."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def wall(self) -> float:
+        return time.time() + self.offset
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.offset += seconds
+        await asyncio.sleep(0)
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for ``create_app``/``Gateway``."""
+        return {"clock": self, "sleep": self.sleep, "wall_clock": self.wall}

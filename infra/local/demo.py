@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -168,6 +169,11 @@ def print_table(summary: dict[str, dict[str, Any]]) -> None:
         )
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so a stack this script started is stopped in stack_at()."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--questions", type=Path, default=Path(os.environ.get("QUESTIONS") or DEFAULT_QUESTIONS))
@@ -178,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("demo-results/mtbench.json"))
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     if not args.questions.is_file():
         parser.error(f"no questions file at {args.questions}: pass QUESTIONS=path (MT-Bench question.jsonl)")
     questions = load_questions(args.questions)
@@ -231,4 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

@@ -8,7 +8,7 @@ import uuid
 
 import httpx
 import pytest
-from fakes import FakeUpstream, chunk, completion, config, endpoint, json_reply, sse, sse_reply
+from fakes import FakeClock, FakeUpstream, chunk, completion, config, endpoint, json_reply, sse, sse_reply
 from starlette.testclient import TestClient
 
 from r1edge.router import create_app
@@ -19,7 +19,7 @@ HEAVY = [{"role": "user", "content": "Prove that the square root of 2 is irratio
 
 def make_client(fake: FakeUpstream, *endpoints):
     cfg = config(*(endpoints or (endpoint("edge-a", "edge"), endpoint("r1-a", "cluster"))))
-    return TestClient(create_app(cfg, fake.upstream()), raise_server_exceptions=False)
+    return TestClient(create_app(cfg, fake.upstream(), **FakeClock().options()), raise_server_exceptions=False)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +19,7 @@ import anyio
 from aws_lambda_powertools import Logger
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from r1edge import web
@@ -130,11 +131,17 @@ def create_app(runtime: LlamaRuntime | None = None, max_body_bytes: int | None =
         chat = validate_chat_request(parse_json_body(await web.read_body(request, limit)))
         kwargs = completion_kwargs(chat, rt.model_id)
         if not chat.stream:
-            return JSONResponse(await rt.complete(kwargs))
+            cancel = threading.Event()
+            try:
+                return JSONResponse(
+                    await web.unless_disconnected(request, lambda: rt.complete(kwargs, cancel), cancel.set)
+                )
+            except web.ClientDisconnected:
+                return Response(status_code=web.CLIENT_CLOSED_REQUEST)
         include_usage = bool((chat.body.get("stream_options") or {}).get("include_usage"))
         chunks = rt.stream(kwargs)
         first = await anext(chunks)  # context-length errors surface here, before any byte is sent
-        return StreamingResponse(
+        return web.ClosingStreamingResponse(
             _sse(first, chunks, include_usage), media_type="text/event-stream", headers=SSE_HEADERS
         )
 

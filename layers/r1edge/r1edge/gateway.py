@@ -358,10 +358,13 @@ class _UpstreamStream:
             return "failed"
 
     async def aclose(self) -> None:
+        """Close the upstream connection, then end the reader. The order matters: cancelling a
+        read in flight can leave httpcore's socket open (its cleanup is itself cancelled), and an
+        open socket keeps the upstream generating."""
+        await self.response.aclose()
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.task
-        await self.response.aclose()
 
 
 def has_content(chunk: dict[str, Any]) -> bool:

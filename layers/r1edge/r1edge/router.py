@@ -13,10 +13,11 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from r1edge import web
@@ -43,7 +44,10 @@ def config_from_env(environ: dict[str, str] | None = None) -> RoutingConfig:
 
 
 def create_app(
-    config: RoutingConfig | None = None, upstream: Upstream | None = None, wall_clock: Callable[[], float] = time.time
+    config: RoutingConfig | None = None,
+    upstream: Upstream | None = None,
+    wall_clock: Callable[[], float] = time.time,
+    **gateway_options: Any,
 ) -> Starlette:
     """Build the router app.
 
@@ -52,12 +56,16 @@ def create_app(
         upstream: the HTTP transport; default: a new pooled :class:`~r1edge.upstream.Upstream`,
             closed at shutdown.
         wall_clock: seconds since the epoch, for the Lambda deadline (injected in tests).
+        gateway_options: passed to :class:`~r1edge.gateway.Gateway` (``clock``, ``sleep``,
+            ``rng``; tests inject them so no wait is real).
     """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         own_upstream = upstream is None
-        app.state.gateway = Gateway(config or config_from_env(), upstream or Upstream())
+        app.state.gateway = Gateway(
+            config or config_from_env(), upstream or Upstream(), wall_clock=wall_clock, **gateway_options
+        )
         app.state.created = int(time.time())
         try:
             yield
@@ -70,9 +78,17 @@ def create_app(
         raw = await web.read_body(request, gateway.config.max_body_bytes)
         chat = validate_chat_request(parse_json_body(raw))
         deadline = request_deadline(request.headers.get("x-amzn-lambda-context"), gateway.config.deadline, wall_clock())
-        routed = await gateway.complete(chat, web.request_id(), deadline)
+        if chat.stream:  # Starlette closes a stream (and so the upstream) when the client goes
+            routed = await gateway.complete(chat, web.request_id(), deadline)
+        else:
+            try:
+                routed = await web.unless_disconnected(
+                    request, lambda: gateway.complete(chat, web.request_id(), deadline)
+                )
+            except web.ClientDisconnected:
+                return Response(status_code=web.CLIENT_CLOSED_REQUEST)
         if routed.stream is not None:
-            return StreamingResponse(
+            return web.ClosingStreamingResponse(
                 routed.stream, media_type="text/event-stream", headers={**routed.headers(), **SSE_HEADERS}
             )
         return JSONResponse(routed.completion, headers=routed.headers())

@@ -14,6 +14,7 @@ sampled token except an end-of-generation token, which llama-cpp-python does not
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ def _counting_llama_class() -> type:
     class CountingLlama(llama_cpp.Llama):
         last_prompt_tokens = 0
         last_completion_tokens = 0
+        cancel: threading.Event | None = None  # set: stop generating at the next token
 
         def generate(self, tokens, *args, **kwargs):  # type: ignore[no-untyped-def]
             # ``tokens`` is mutated by the parent generator, so its length is taken first.
@@ -45,6 +47,9 @@ def _counting_llama_class() -> type:
                 try:
                     token = inner.send(sent)
                 except StopIteration:
+                    return
+                if self.cancel is not None and self.cancel.is_set():
+                    inner.close()
                     return
                 if not llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
                     self.last_completion_tokens += 1
@@ -119,11 +124,13 @@ class LlamaRuntime:
         except ValueError as exc:  # llama-cpp-python checks the context on the first ``next``
             raise self._translate(exc) from None
 
-    async def complete(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, kwargs: dict[str, Any], cancel: threading.Event | None = None) -> dict[str, Any]:
         """Run one non-streamed chat completion.
 
         Args:
             kwargs: keyword arguments of ``Llama.create_chat_completion`` (without ``stream``).
+            cancel: when set (the client went away), generation stops at the next token and
+                the context is freed for the next request; the partial result is discarded.
 
         Returns:
             The OpenAI-shaped chat completion, ``usage`` included.
@@ -132,7 +139,11 @@ class LlamaRuntime:
             ContextLengthExceeded: the prompt does not fit ``n_ctx``.
         """
         async with self._lock:
-            return await anyio.to_thread.run_sync(self._create, {**kwargs, "stream": False})
+            self._llama.cancel = cancel
+            try:
+                return await anyio.to_thread.run_sync(self._create, {**kwargs, "stream": False})
+            finally:
+                self._llama.cancel = None
 
     async def stream(self, kwargs: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Run one streamed chat completion, yielding chunk objects as tokens are generated.

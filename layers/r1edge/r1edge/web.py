@@ -8,7 +8,10 @@ client's ``x-request-id`` (or makes one) and puts it on every response; handlers
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from uuid import uuid4
 
 from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
@@ -16,11 +19,53 @@ from aws_lambda_powertools import Logger
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from r1edge.errors import MethodNotAllowed, NotFound, OpenAIError, RequestTooLarge, error_body
 
 logger = Logger(service="r1edge", child=True)
+
+T = TypeVar("T")
+
+#: Status logged (never delivered) for a request whose client went away (nginx's convention).
+CLIENT_CLOSED_REQUEST = 499
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before the answer was ready."""
+
+
+async def unless_disconnected(
+    request: Request,
+    work: Callable[[], Awaitable[T]],
+    on_disconnect: Callable[[], None] | None = None,
+    poll_seconds: float = 0.25,
+) -> T:
+    """Run ``work()`` and cancel it if the client disconnects first (checked every
+    ``poll_seconds``), so an abandoned request stops costing upstream or model time.
+
+    Args:
+        request: the Starlette request (its body already read).
+        work: the coroutine function doing the request's work.
+        on_disconnect: called first on disconnect (e.g. to stop a generation thread).
+
+    Raises:
+        ClientDisconnected: the client went away; ``work`` was cancelled.
+    """
+    task = asyncio.ensure_future(work())
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=poll_seconds)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            if on_disconnect is not None:
+                on_disconnect()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            raise ClientDisconnected
+
 
 #: Longest client-supplied request id we keep (characters); longer ones are cut.
 MAX_REQUEST_ID = 128
@@ -43,6 +88,24 @@ def middleware() -> list[Middleware]:
             transformer=lambda value: value[:MAX_REQUEST_ID],
         )
     ]
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A ``StreamingResponse`` that closes its body iterator however the response ends.
+
+    Under ASGI spec 2.4 servers (uvicorn), Starlette learns of a client disconnect from a failed
+    ``send`` and stops, leaving the async generator to the garbage collector; closing it here
+    runs its ``finally`` at once — which is what closes the upstream connection so the GPU stops
+    generating (DESIGN.md, Contracts).
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
 
 
 def error_response(exc: OpenAIError) -> JSONResponse:
