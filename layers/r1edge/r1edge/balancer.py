@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from r1edge.breaker import BreakerSettings, CircuitBreaker
+from r1edge.breaker import BreakerSettings, CircuitBreaker, State
 from r1edge.config import Endpoint
 
 #: Weight of the newest sample in the time-to-first-byte EWMA.
@@ -117,5 +117,7 @@ class Pool:
         return first, True
 
     def shortest_cooldown(self, tier: str, now: float) -> float:
-        """Seconds until the first open breaker of the tier lets a probe through."""
-        return min((s.breaker.cooldown_remaining(now) for s in self.tier(tier)), default=0.0)
+        """Seconds until the first open breaker of the tier lets a probe through (0 if none is open)."""
+        return min(
+            (s.breaker.cooldown_remaining(now) for s in self.tier(tier) if s.breaker.state is State.OPEN), default=0.0
+        )
