@@ -71,12 +71,14 @@ class FaultServer:
         self.name = name
         self.script = list(script or [Fault()])
         self.calls: list[Call] = []
+        self.metrics_text = ""  # served at /metrics (Prometheus text), e.g. vLLM's load gauges
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
+                Route("/metrics", self._metrics, methods=["GET"]),
             ]
         )
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
@@ -99,6 +101,9 @@ class FaultServer:
 
     def _next(self) -> Fault:
         return self.script.pop(0) if len(self.script) > 1 else self.script[0]
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(self.metrics_text, media_type="text/plain; version=0.0.4")
 
     async def _models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": "fault", "object": "model"}]})

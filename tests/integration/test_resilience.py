@@ -301,3 +301,63 @@ def test_single_endpoint_tier_retries_that_endpoint_with_backoff():
     assert response.headers["x-r1edge-attempts"] == "3"
     assert len(clock.sleeps) == 2
     assert all(0 <= w <= 8 for w in clock.sleeps)
+
+
+def vllm_metrics(kv: float, waiting: int = 0) -> str:
+    return (
+        "# TYPE vllm:num_requests_running gauge\n"
+        f'vllm:num_requests_running{{model_name="r1"}} 4.0\n'
+        "# TYPE vllm:num_requests_waiting gauge\n"
+        f'vllm:num_requests_waiting{{model_name="r1"}} {waiting}.0\n'
+        "# TYPE vllm:kv_cache_usage_perc gauge\n"
+        f'vllm:kv_cache_usage_perc{{model_name="r1"}} {kv}\n'
+    )
+
+
+def test_load_over_the_target_moves_traffic_then_503_then_degrades_only_when_allowed():
+    clock = FakeClock()
+    with (
+        FaultServer("busy", [Fault()]) as busy,
+        FaultServer("calm", [Fault()]) as calm,
+        FaultServer("edge", [Fault(chunks=1)]) as edge,
+    ):
+        busy.metrics_text = vllm_metrics(0.85)
+        calm.metrics_text = vllm_metrics(0.30)
+        endpoints = [busy.endpoint(metrics=True), calm.endpoint(priority=1, metrics=True), edge.endpoint(tier="edge")]
+        cfg = parse_config({"endpoints": endpoints, "load": {"max_age": 0.01}}, environ={})
+        with TestClient(create_app(cfg, **clock.options()), raise_server_exceptions=False) as client:
+            first = client.post("/v1/chat/completions", json=HELLO)
+            assert first.headers["x-r1edge-upstream"] == "calm"
+            assert busy.calls == []
+            calm.metrics_text = vllm_metrics(0.2, waiting=3)  # queueing: saturated
+            clock.offset += 1
+            refused = client.post("/v1/chat/completions", json=HELLO)
+            assert refused.status_code == 503
+            assert refused.headers["Retry-After"] == "1"
+            assert refused.json()["error"]["code"] == "overloaded"
+            clock.offset += 1
+            degraded = client.post("/v1/chat/completions", json=HELLO, headers={"x-r1edge-allow-degrade": "true"})
+            assert degraded.status_code == 200
+            assert degraded.headers["x-r1edge-route"] == "edge"
+            assert degraded.headers["x-r1edge-reason"] == "degraded:overloaded"
+            busy.metrics_text = vllm_metrics(0.5)
+            clock.offset += 1
+            recovered = client.post("/v1/chat/completions", json=HELLO)
+            assert recovered.headers["x-r1edge-upstream"] == "busy"
+    assert len(calm.calls) == 1
+    assert len(edge.calls) == 1
+
+
+def test_failing_cluster_degrades_to_the_edge_for_auto_when_configured():
+    clock = FakeClock()
+    with FaultServer("r1", [Fault(503)]) as r1, FaultServer("edge", [Fault()]) as edge:
+        endpoints = [r1.endpoint(), edge.endpoint(tier="edge")]
+        cfg = parse_config({"endpoints": endpoints, "allow_degrade": True, "retry": {"max_attempts": 2}}, environ={})
+        heavy = {"model": "auto", "messages": [{"role": "user", "content": "Prove that 2 + 2 = 4."}]}
+        with TestClient(create_app(cfg, **clock.options())) as client:
+            auto = client.post("/v1/chat/completions", json=heavy)
+            forced = client.post("/v1/chat/completions", json=HELLO)  # deepseek-r1 without the header
+    assert auto.status_code == 200
+    assert auto.headers["x-r1edge-route"] == "edge"
+    assert auto.headers["x-r1edge-reason"].startswith("degraded:")
+    assert forced.status_code == 503

@@ -43,9 +43,9 @@ def test_router_passes_the_lambda_deadline_to_the_gateway(monkeypatch):
     seen: list[float] = []
     original = Gateway.complete
 
-    async def spy(self, request, request_id, deadline=None):
+    async def spy(self, request, request_id, deadline=None, allow_degrade=False):
         seen.append(deadline)
-        return await original(self, request, request_id, deadline)
+        return await original(self, request, request_id, deadline, allow_degrade)
 
     monkeypatch.setattr(Gateway, "complete", spy)
     fake = FakeUpstream({"edge-a": [json_reply(completion())]})

@@ -11,6 +11,7 @@ from fakes import config, endpoint
 
 from r1edge.balancer import Pool
 from r1edge.breaker import BreakerSettings, CircuitBreaker, State
+from r1edge.load import parse_engine_load
 from r1edge.retry import Outcome, backoff_delay, classify_status, parse_retry_after, wait_before_retry
 
 NOW = 1_800_000_000.0
@@ -148,3 +149,24 @@ def test_endpoint_at_its_concurrency_limit_is_skipped():
     p = pool(endpoint("a", "cluster", max_concurrency=2), endpoint("b", "cluster", priority=1))
     p["a"].in_flight = 2
     assert p.choose("cluster", 0, {}, set())[0].endpoint.name == "b"
+
+
+def test_engine_load_from_vllm_and_sglang_metrics():
+    vllm = (
+        "# TYPE vllm:num_requests_waiting gauge\n"
+        'vllm:num_requests_waiting{model_name="a"} 0.0\nvllm:num_requests_waiting{model_name="b"} 0.0\n'
+        "# TYPE vllm:kv_cache_usage_perc gauge\n"
+        'vllm:kv_cache_usage_perc{model_name="a"} 0.42\n'
+    )
+    assert parse_engine_load(vllm).load == pytest.approx(0.42)
+    assert (
+        parse_engine_load(vllm.replace("} 0.0\nvllm:num_requests_waiting", "} 2.0\nvllm:num_requests_waiting")).load
+        == 1.0
+    )
+    old = "# TYPE vllm:gpu_cache_usage_perc gauge\nvllm:gpu_cache_usage_perc 0.66\n"
+    assert parse_engine_load(old).kv_usage == pytest.approx(0.66)
+    sglang = "# TYPE sglang:token_usage gauge\nsglang:token_usage 0.8\n"
+    sglang += "# TYPE sglang:num_queue_reqs gauge\nsglang:num_queue_reqs 0\n"
+    assert parse_engine_load(sglang).load == pytest.approx(0.8)
+    assert parse_engine_load("# TYPE other gauge\nother 1\n") is None
+    assert parse_engine_load("<html>not metrics</html>") is None

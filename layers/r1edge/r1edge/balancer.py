@@ -30,14 +30,20 @@ class EndpointState:
     breaker: CircuitBreaker
     ttfb: float | None = None
     in_flight: int = 0
+    load: float | None = None  # engine load from /metrics, a fraction; None when unknown
+    load_at: float | None = None  # monotonic seconds of the last scrape
+    load_target: float = 1.0
 
     def observe_ttfb(self, seconds: float) -> None:
         self.ttfb = seconds if self.ttfb is None else (1 - EWMA_ALPHA) * self.ttfb + EWMA_ALPHA * seconds
 
     @property
     def at_capacity(self) -> bool:
+        """At its concurrency limit, or its engine at or over the load target."""
         limit = self.endpoint.max_concurrency
-        return limit is not None and self.in_flight >= limit
+        if limit is not None and self.in_flight >= limit:
+            return True
+        return self.load is not None and self.load >= self.load_target
 
 
 @dataclass
@@ -56,12 +62,16 @@ class Pool:
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     latency_threshold: float = 0.5
     hysteresis: float = 0.8
+    load_target: float = 0.7
     states: dict[str, EndpointState] = field(init=False)
     switched: dict[str, bool] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.states = {
-            e.name: EndpointState(e, CircuitBreaker(BreakerSettings(**vars(self.breaker)))) for e in self.endpoints
+            e.name: EndpointState(
+                e, CircuitBreaker(BreakerSettings(**vars(self.breaker))), load_target=self.load_target
+            )
+            for e in self.endpoints
         }
 
     def __getitem__(self, name: str) -> EndpointState:
@@ -115,6 +125,11 @@ class Pool:
         first = min(usable, key=lambda s: s.breaker.cooldown_remaining(now))
         first.breaker.force_probe(now)
         return first, True
+
+    def overloaded(self, tier: str, excluded: set[str]) -> bool:
+        """Whether every endpoint of the tier not taken out is at capacity."""
+        usable = [s for s in self.tier(tier) if s.endpoint.name not in excluded]
+        return bool(usable) and all(s.at_capacity for s in usable)
 
     def shortest_cooldown(self, tier: str, now: float) -> float:
         """Seconds until the first open breaker of the tier lets a probe through (0 if none is open)."""

@@ -75,6 +75,8 @@ class Endpoint(_Strict):
         timeouts: see :class:`Timeouts`.
         max_concurrency: requests in flight to this endpoint from one router process beyond
             which it is skipped (``None``: no limit).
+        metrics: read the engine's load from its ``/metrics`` (vLLM or SGLang) and skip the
+            endpoint while the load is at or over ``load.target``.
     """
 
     name: str = Field(min_length=1)
@@ -87,6 +89,12 @@ class Endpoint(_Strict):
     auth: Auth = Auth()
     timeouts: Timeouts = Timeouts()
     max_concurrency: int | None = Field(None, ge=1)
+    metrics: bool = False
+
+    @property
+    def metrics_url(self) -> str:
+        """The engine's Prometheus endpoint: the server root's ``/metrics`` (vLLM, SGLang)."""
+        return self.url.removesuffix("/v1") + "/metrics"
 
     @field_validator("url")
     @classmethod
@@ -120,6 +128,13 @@ class Breaker(_Strict):
     min_calls: int = Field(20, ge=1)
     window: float = Field(60.0, gt=0)
     cooldown: float = Field(30.0, ge=0)
+
+
+class Load(_Strict):
+    """Load-aware admission (see :mod:`r1edge.load`): a fraction, and seconds."""
+
+    target: float = Field(0.7, gt=0, le=1)
+    max_age: float = Field(5.0, gt=0)
 
 
 class Latency(_Strict):
@@ -182,6 +197,11 @@ class RoutingConfig(_Strict):
         retry: :class:`Retry` settings.
         breaker: :class:`Breaker` settings.
         latency: :class:`Latency` settings.
+        load: :class:`Load` settings.
+        allow_degrade: when the cluster tier cannot answer (every endpoint failing, open or
+            over its load target), ``auto`` requests are answered by the edge instead; a request
+            may also ask for it with ``x-r1edge-allow-degrade: true`` (the only way for
+            ``deepseek-r1``).
         keepalive_interval: seconds between ``: keep-alive`` comments while a stream waits for
             its first token (default 5; CloudFront's default read timeout is 30 s).
         classifier: :class:`Classifier` settings.
@@ -193,6 +213,8 @@ class RoutingConfig(_Strict):
     retry: Retry = Retry()
     breaker: Breaker = Breaker()
     latency: Latency = Latency()
+    load: Load = Load()
+    allow_degrade: bool = False
     keepalive_interval: float = Field(5.0, gt=0)
     classifier: Classifier = Classifier()
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)

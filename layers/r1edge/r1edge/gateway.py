@@ -44,6 +44,7 @@ from r1edge.breaker import BreakerSettings
 from r1edge.classifier import Decision, classify
 from r1edge.config import MODEL_TIERS, Endpoint, RoutingConfig
 from r1edge.errors import ModelNotFound, OpenAIError, Overloaded, RateLimited, UpstreamError, UpstreamTimeout
+from r1edge.load import parse_engine_load
 from r1edge.relay import DONE, StreamTruncated, iter_chunks, parse_completion, sse_data, truncated_event
 from r1edge.retry import Outcome, classify_status, parse_retry_after, wait_before_retry
 from r1edge.upstream import Upstream
@@ -151,7 +152,24 @@ class Gateway:
             BreakerSettings(**config.breaker.model_dump()),
             latency_threshold=config.latency.threshold,
             hysteresis=config.latency.hysteresis,
+            load_target=config.load.target,
         )
+
+    async def refresh_load(self, tier: str) -> None:
+        """Re-read ``/metrics`` of the tier's endpoints that have ``metrics: true`` and whose last
+        reading is older than ``load.max_age`` seconds."""
+        now = self.clock()
+        stale = [
+            s
+            for s in self.pool.tier(tier)
+            if s.endpoint.metrics and (s.load_at is None or now - s.load_at > self.config.load.max_age)
+        ]
+        if not stale:
+            return
+        texts = await asyncio.gather(*(self.upstream.scrape_metrics(s.endpoint) for s in stale))
+        for state, text in zip(stale, texts, strict=True):
+            engine = parse_engine_load(text) if text else None
+            state.load, state.load_at = (engine.load if engine else None), now
 
     def decide(self, request: ChatRequest) -> Decision:
         """Map the requested model to a tier: ``auto`` classifies; ``edge`` and ``deepseek-r1``
@@ -176,7 +194,9 @@ class Gateway:
             return Decision(other, f"no_{decision.tier}_endpoint", decision.prompt_tokens)
         return decision
 
-    async def complete(self, request: ChatRequest, request_id: str, deadline: float | None = None) -> Routed:
+    async def complete(
+        self, request: ChatRequest, request_id: str, deadline: float | None = None, allow_degrade: bool = False
+    ) -> Routed:
         """Answer a request: attempts go to the tier's endpoints chosen by :class:`Pool`, with
         backoff between retries of the same endpoint, until one gives a usable answer.
 
@@ -185,6 +205,8 @@ class Gateway:
             request_id: the request's id (logged, and sent upstream).
             deadline: seconds this request may take to get an answer (default: the config's
                 ``deadline``); under Lambda, the invocation's time left.
+            allow_degrade: the request allows the edge to answer when the cluster cannot
+                (``auto`` requests also when the config's ``allow_degrade`` is on).
 
         Raises:
             ModelNotFound: see :meth:`decide`.
@@ -207,9 +229,25 @@ class Gateway:
                 "stream": request.stream,
             },
         )
-        deadline = self.config.deadline if deadline is None else deadline
-        loop = _RetryLoop(self, request, decision, request_id, self.clock() + deadline)
-        if request.stream:
+        deadline_at = self.clock() + (self.config.deadline if deadline is None else deadline)
+        degrade = allow_degrade or (request.model == "auto" and self.config.allow_degrade)
+        try:
+            return await self._answer(_RetryLoop(self, request, decision, request_id, deadline_at))
+        except (Overloaded, RateLimited, UpstreamError, UpstreamTimeout) as exc:
+            if not (degrade and decision.tier == "cluster" and self.config.tier_endpoints("edge")):
+                raise
+            if self.clock() >= deadline_at:
+                raise
+            edge = Decision("edge", f"degraded:{exc.code}", decision.prompt_tokens)
+            logger.warning(
+                "cluster cannot answer; degrading to the edge", extra={"request_id": request_id, "error": exc.message}
+            )
+            return await self._answer(_RetryLoop(self, request, edge, request_id, deadline_at))
+
+    async def _answer(self, loop: _RetryLoop) -> Routed:
+        await self.refresh_load(loop.decision.tier)
+        decision = loop.decision
+        if loop.request.stream:
             return await self._stream(loop)
         while True:
             state, response = await loop.next_response()
@@ -489,6 +527,11 @@ class _RetryLoop:
                 self.decision.tier, now, self.tried, self.excluded, allow_forced_probe=not self.forced_probe_used
             )
             if state is None:
+                if gw.pool.overloaded(self.decision.tier, self.excluded):
+                    raise Overloaded(
+                        f"Every {self.decision.tier} endpoint is at its load target or concurrency limit.",
+                        headers={**self.headers(), "Retry-After": "1"},
+                    )
                 break
             self.forced_probe_used = self.forced_probe_used or forced
             name = state.endpoint.name

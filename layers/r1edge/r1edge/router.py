@@ -78,12 +78,13 @@ def create_app(
         raw = await web.read_body(request, gateway.config.max_body_bytes)
         chat = validate_chat_request(parse_json_body(raw))
         deadline = request_deadline(request.headers.get("x-amzn-lambda-context"), gateway.config.deadline, wall_clock())
+        degrade = request.headers.get("x-r1edge-allow-degrade", "").strip().lower() in ("1", "true", "yes")
         if chat.stream:  # Starlette closes a stream (and so the upstream) when the client goes
-            routed = await gateway.complete(chat, web.request_id(), deadline)
+            routed = await gateway.complete(chat, web.request_id(), deadline, degrade)
         else:
             try:
                 routed = await web.unless_disconnected(
-                    request, lambda: gateway.complete(chat, web.request_id(), deadline)
+                    request, lambda: gateway.complete(chat, web.request_id(), deadline, degrade)
                 )
             except web.ClientDisconnected:
                 return Response(status_code=web.CLIENT_CLOSED_REQUEST)

@@ -155,6 +155,18 @@ class Upstream:
             return f"{type(exc).__name__}: {exc}"[:200]
         return "ok" if response.status_code == 200 else f"HTTP {response.status_code}"
 
+    async def scrape_metrics(self, endpoint: Endpoint, timeout: float = 1.0) -> str | None:
+        """``GET`` the engine's ``/metrics`` text, or ``None`` when it cannot be read (load is then
+        unknown, which never blocks traffic)."""
+        try:
+            headers = self.auth_headers(endpoint)
+            if endpoint.auth.type == "sigv4":
+                headers.update(self.sigv4_headers(endpoint, "GET", endpoint.metrics_url, b""))
+            response = await self.client.get(endpoint.metrics_url, headers=headers, timeout=timeout)
+        except (httpx.HTTPError, UpstreamError):
+            return None
+        return response.text if response.status_code == 200 else None
+
     async def probe_all(self, endpoints: list[Endpoint], timeout: float = 2.0) -> dict[str, str]:
         """Probe endpoints concurrently: ``{name: "ok" | reason}``."""
         results = await asyncio.gather(*(self.probe(e, timeout) for e in endpoints))
