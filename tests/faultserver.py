@@ -74,7 +74,11 @@ class FaultServer:
     """Serve the script on ``127.0.0.1:<free port>`` in a thread; use as a context manager."""
 
     def __init__(
-        self, name: str, script: list[Fault] | None = None, chooser: Callable[[], Fault] | None = None
+        self,
+        name: str,
+        script: list[Fault] | None = None,
+        chooser: Callable[[], Fault] | None = None,
+        log_level: str = "error",
     ) -> None:
         self.name = name
         self.script = list(script or [Fault()])
