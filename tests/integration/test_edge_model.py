@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 
+import anyio
 import pytest
 from starlette.testclient import TestClient
 
@@ -135,3 +136,21 @@ def test_models_and_health(client, runtime):
     health = client.get("/health").json()
     assert health["status"] == "ok"
     assert health["n_ctx"] == 2048
+
+
+def test_cancel_stops_a_non_streamed_generation_at_the_next_token(runtime):
+    eos = runtime._llama.token_eos()
+    kwargs = {
+        "messages": [{"role": "user", "content": "Count from one to one thousand."}],
+        "max_tokens": 1500,
+        "temperature": 0,
+        "logit_bias": {str(eos): -100},
+    }  # no natural end: only the cancel stops it
+    cancel = threading.Event()
+    timer = threading.Timer(0.5, cancel.set)
+    timer.start()
+    result = anyio.run(runtime.complete, kwargs, cancel)
+    assert result["usage"]["completion_tokens"] < 1500
+    # the context is free again: the next request runs at once and whole
+    again = anyio.run(runtime.complete, {**kwargs, "max_tokens": 3})
+    assert again["usage"]["completion_tokens"] == 3
