@@ -145,6 +145,8 @@ def test_sse_error_before_content_falls_back_to_a_clean_stream_from_the_backup()
         router(clock, r1, r2) as client,
     ):
         response, text = stream_text(client, HELLO)
+        pool = client.app.state.gateway.pool
+        assert pool["r1"].in_flight == pool["r2"].in_flight == 0  # every attempt released once
     assert response.status_code == 200
     assert response.headers["x-r1edge-upstream"] == "r2"
     events = data_events(text)
@@ -162,6 +164,7 @@ def test_cut_after_40_chunks_gives_40_chunks_and_an_error_event_without_done():
     clock = FakeClock()
     with FaultServer("r1", [Fault(chunks=60, cut_after=40)]) as r1, router(clock, r1) as client:
         _response, text = stream_text(client, HELLO)
+        assert client.app.state.gateway.pool["r1"].in_flight == 0
     events = data_events(text)
     assert "[DONE]" not in events
     contents = [json.loads(e)["choices"][0]["delta"].get("content") for e in events[:-1]]

@@ -298,6 +298,7 @@ class Gateway:
         """The client's SSE stream. Before content: keep-alive comments, and silent fallback to
         the next endpoint on failure. After content: chunks as they arrive; a failure ends the
         stream with ``upstream_stream_truncated`` and no ``[DONE]`` (DESIGN.md, Errors)."""
+        current: _UpstreamStream | None = upstream
         try:
             while not content_started:
                 left = loop.first_byte_left(state)
@@ -307,7 +308,8 @@ class Gateway:
                     content_started = True
                 elif result == "waiting":
                     yield KEEPALIVE
-                else:
+                else:  # failed before any content: fall back silently, inside the same response
+                    current = None
                     await upstream.aclose()
                     state.in_flight -= 1
                     try:
@@ -315,19 +317,20 @@ class Gateway:
                     except OpenAIError as exc:
                         yield sse_data(exc.body())
                         return
-                    upstream = _UpstreamStream(response)
+                    upstream = current = _UpstreamStream(response)
             for chunk in upstream.buffered:
                 yield sse_data(chunk)
             upstream.buffered.clear()
+            idle = state.endpoint.timeouts.idle
             while True:
-                kind, item = await upstream.get(self.config_idle(state))
+                kind, item = await upstream.get(idle)
                 if kind == "chunk":
                     yield sse_data(item)
                 elif kind == "done":
                     yield DONE
                     return
                 else:
-                    reason = item if kind == "error" else f"no data for {self.config_idle(state):g} s"
+                    reason = item if kind == "error" else f"no data for {idle:g} s"
                     state.breaker.record_failure(self.clock())
                     logger.warning(
                         "stream cut after content", extra={"endpoint": state.endpoint.name, "reason": reason}
@@ -335,12 +338,9 @@ class Gateway:
                     yield truncated_event(reason)
                     return
         finally:
-            await upstream.aclose()
-            state.in_flight -= 1
-
-    @staticmethod
-    def config_idle(state: EndpointState) -> float:
-        return state.endpoint.timeouts.idle
+            if current is not None:
+                await current.aclose()
+                state.in_flight -= 1
 
 
 KEEPALIVE = b": keep-alive\n\n"
