@@ -170,3 +170,17 @@ def test_engine_load_from_vllm_and_sglang_metrics():
     assert parse_engine_load(sglang).load == pytest.approx(0.8)
     assert parse_engine_load("# TYPE other gauge\nother 1\n") is None
     assert parse_engine_load("<html>not metrics</html>") is None
+
+
+def test_equal_priorities_share_traffic_by_weight():
+    p = Pool(
+        config(
+            endpoint("a", "cluster", weight=3),
+            endpoint("b", "cluster", weight=1),
+            endpoint("c", "cluster", priority=1, weight=100),
+        ).endpoints,
+        rng=random.Random(3),
+    )
+    picks = [p.choose("cluster", 0, {}, set())[0].endpoint.name for _ in range(4000)]
+    assert picks.count("c") == 0  # a lower priority never wins while a higher one is available
+    assert picks.count("a") / len(picks) == pytest.approx(0.75, abs=0.03)

@@ -4,14 +4,16 @@ Each endpoint has a :class:`~r1edge.breaker.CircuitBreaker`, a moving estimate (
 time to first byte, and an in-flight count. :meth:`Pool.choose` orders a tier's endpoints for
 one attempt: endpoints already taken out for this request or whose breaker is open are skipped;
 among the rest, those not yet tried in this request come first (failover before retrying the same
-endpoint), then by priority — except that when the preferred endpoint's latency estimate passes
-the threshold (default 500 ms) and another available endpoint is faster, traffic moves to the
-faster one, and moves back only once the preferred one is below ``threshold * hysteresis``
-(so it does not flap). When every endpoint is open, the one whose cooldown ends first is probed.
+endpoint), then by priority, equal priorities sharing traffic by ``weight`` — except that when
+the preferred endpoint's latency estimate passes the threshold (default 500 ms) and another
+available endpoint is faster, traffic moves to the faster one, and moves back only once the
+preferred one is below ``threshold * hysteresis`` (so it does not flap).
+When every endpoint is open, the one whose cooldown ends first is probed.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -63,6 +65,7 @@ class Pool:
     latency_threshold: float = 0.5
     hysteresis: float = 0.8
     load_target: float = 0.7
+    rng: random.Random = field(default_factory=random.Random)
     states: dict[str, EndpointState] = field(init=False)
     switched: dict[str, bool] = field(init=False, default_factory=dict)
 
@@ -79,6 +82,23 @@ class Pool:
 
     def tier(self, tier: str) -> list[EndpointState]:
         return sorted((s for s in self.states.values() if s.endpoint.tier == tier), key=lambda s: s.endpoint.priority)
+
+    def _weighted(self, candidates: list[EndpointState]) -> list[EndpointState]:
+        """Within each run of equal priority, a random order drawn by ``weight`` (sampling
+        without replacement), so equal-priority endpoints share traffic in proportion."""
+        out: list[EndpointState] = []
+        i = 0
+        while i < len(candidates):
+            j = i
+            while j < len(candidates) and candidates[j].endpoint.priority == candidates[i].endpoint.priority:
+                j += 1
+            group = candidates[i:j]
+            while group:
+                pick = self.rng.choices(group, weights=[s.endpoint.weight for s in group])[0]
+                out.append(pick)
+                group.remove(pick)
+            i = j
+        return out
 
     def _latency_order(self, tier: str, candidates: list[EndpointState]) -> list[EndpointState]:
         if len(candidates) < 2:
@@ -114,7 +134,7 @@ class Pool:
         usable = [s for s in self.tier(tier) if s.endpoint.name not in excluded and not s.at_capacity]
         if not usable:
             return None, False
-        ordered = self._latency_order(tier, usable)
+        ordered = self._latency_order(tier, self._weighted(usable))
         ordered = sorted(ordered, key=lambda s: tried.get(s.endpoint.name, 0))  # stable: failover first
         for state in ordered:
             if state.breaker.allow(now):

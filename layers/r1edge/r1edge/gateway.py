@@ -153,6 +153,7 @@ class Gateway:
             latency_threshold=config.latency.threshold,
             hysteresis=config.latency.hysteresis,
             load_target=config.load.target,
+            rng=self.rng,
         )
 
     async def refresh_load(self, tier: str) -> None:
