@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import threading
 
@@ -154,3 +156,38 @@ def test_cancel_stops_a_non_streamed_generation_at_the_next_token(runtime):
     # the context is free again: the next request runs at once and whole
     again = anyio.run(runtime.complete, {**kwargs, "max_tokens": 3})
     assert again["usage"]["completion_tokens"] == 3
+
+
+def test_prompt_plus_max_tokens_over_the_context_is_400_not_a_shortened_answer(client):
+    messages = [{"role": "user", "content": "apple " * 1900}]  # ~1900 tokens: fits 2048 alone
+    for body in ({"messages": messages, "max_tokens": 400}, {"messages": messages, "max_tokens": 400, "stream": True}):
+        response = client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "context_length_exceeded"
+        assert "400 for the completion" in response.json()["error"]["message"]
+
+
+def test_a_cancelled_caller_never_overlaps_the_next_generation(runtime):
+    eos = runtime._llama.token_eos()
+    long = {
+        "messages": [{"role": "user", "content": "Count to a thousand."}],
+        "max_tokens": 1500,
+        "temperature": 0,
+        "logit_bias": {str(eos): -100},
+    }
+
+    async def scenario():
+        cancel = threading.Event()
+        task = asyncio.create_task(runtime.complete(long, cancel))
+        await asyncio.sleep(0.3)
+        cancel.set()
+        task.cancel()  # the coroutine is gone while its thread may still be inside llama.cpp
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        after = await runtime.complete({**long, "max_tokens": 4})
+        chunks = [c async for c in runtime.stream({**long, "max_tokens": 4})]
+        return after, chunks
+
+    after, chunks = asyncio.run(scenario())
+    assert after["usage"]["completion_tokens"] == 4
+    assert chunks[-1]["usage"]["completion_tokens"] == 4

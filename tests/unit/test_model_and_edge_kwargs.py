@@ -73,6 +73,7 @@ def test_messages_are_flattened_for_the_chat_template():
         ({"response_format": "json"}, "response_format"),
         ({"logit_bias": {"abc": 1}}, "logit_bias"),
         ({"logit_bias": {"12": 500}}, "logit_bias"),
+        ({"logit_bias": {"²": 5}}, "logit_bias"),
     ],
 )
 def test_unsupported_features_are_400_at_the_edge(extra, param):

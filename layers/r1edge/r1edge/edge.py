@@ -84,7 +84,11 @@ def completion_kwargs(chat: ChatRequest, model_id: str) -> dict[str, Any]:
     logit_bias = body.get("logit_bias")
     if logit_bias is not None:
         if not isinstance(logit_bias, dict) or not all(
-            str(k).isdigit() and isinstance(v, (int, float)) and not isinstance(v, bool) and -100 <= v <= 100
+            str(k).isascii()
+            and str(k).isdigit()
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and -100 <= v <= 100
             for k, v in logit_bias.items()
         ):
             raise InvalidRequest(

@@ -36,11 +36,19 @@ def _counting_llama_class() -> type:
         last_prompt_tokens = 0
         last_completion_tokens = 0
         cancel: threading.Event | None = None  # set: stop generating at the next token
+        requested_max_tokens: int | None = None
 
         def generate(self, tokens, *args, **kwargs):  # type: ignore[no-untyped-def]
             # ``tokens`` is mutated by the parent generator, so its length is taken first.
             self.last_prompt_tokens = len(tokens)
             self.last_completion_tokens = 0
+            wanted = self.requested_max_tokens
+            if wanted is not None and len(tokens) + wanted > self._n_ctx:
+                # llama-cpp-python would quietly shrink max_tokens to fit: refuse, as OpenAI does.
+                raise ValueError(
+                    f"Requested tokens ({len(tokens)} in the messages + {wanted} for the completion) "
+                    f"exceed context window of {self._n_ctx}"
+                )
             inner = super().generate(tokens, *args, **kwargs)
             sent = None
             while True:
@@ -77,6 +85,10 @@ class LlamaRuntime:
         # A semaphore, not a Lock: a stream is started by the request handler and finished by the
         # response task, and an anyio Lock must be released by the task that took it.
         self._lock = anyio.Semaphore(1)
+        # Held by the worker thread for as long as it is inside llama.cpp, whatever happens to the
+        # coroutine that started it: a cancelled request can never overlap the next one.
+        self._context = threading.Semaphore(1)
+        self._generator_lock = threading.Lock()  # a stream's ``next`` and its ``close`` never overlap
 
     def load(self) -> None:
         """Load the model (blocking; call once, from a worker thread in async code).
@@ -119,10 +131,39 @@ class LlamaRuntime:
             raise self._translate(exc) from None
 
     def _next(self, chunks: Iterator[dict[str, Any]]) -> dict[str, Any] | None:
+        with self._generator_lock:
+            try:
+                return next(chunks, None)
+            except ValueError as exc:  # llama-cpp-python checks the context on the first ``next``
+                raise self._translate(exc) from None
+
+    def _begin(self, cancel: threading.Event | None, max_tokens: int | None) -> None:
+        """In a worker thread: take the context (waiting for any abandoned generation to stop)."""
+        self._context.acquire()
+        self._llama.cancel = cancel
+        self._llama.requested_max_tokens = max_tokens
+
+    def _end(self, chunks: Iterator[dict[str, Any]] | None = None) -> tuple[int, int]:
+        """In a worker thread: close a stream's generator (after any ``next`` in flight), free
+        the context, and return the last generation's ``(prompt, completion)`` token counts."""
         try:
-            return next(chunks, None)
-        except ValueError as exc:  # llama-cpp-python checks the context on the first ``next``
-            raise self._translate(exc) from None
+            if chunks is not None:
+                with self._generator_lock:
+                    close = getattr(chunks, "close", None)
+                    if close is not None:
+                        close()
+            return self._llama.last_prompt_tokens, self._llama.last_completion_tokens
+        finally:
+            self._llama.cancel = None
+            self._llama.requested_max_tokens = None
+            self._context.release()
+
+    def _complete_in_thread(self, kwargs: dict[str, Any], cancel: threading.Event | None) -> Any:
+        self._begin(cancel, kwargs.get("max_tokens"))
+        try:
+            return self._create({**kwargs, "stream": False})
+        finally:
+            self._end()
 
     async def complete(self, kwargs: dict[str, Any], cancel: threading.Event | None = None) -> dict[str, Any]:
         """Run one non-streamed chat completion.
@@ -136,14 +177,11 @@ class LlamaRuntime:
             The OpenAI-shaped chat completion, ``usage`` included.
 
         Raises:
-            ContextLengthExceeded: the prompt does not fit ``n_ctx``.
+            ContextLengthExceeded: the prompt, or the prompt plus ``max_tokens``, does not fit
+                ``n_ctx`` (OpenAI refuses such requests rather than shortening the answer).
         """
         async with self._lock:
-            self._llama.cancel = cancel
-            try:
-                return await anyio.to_thread.run_sync(self._create, {**kwargs, "stream": False})
-            finally:
-                self._llama.cancel = None
+            return await anyio.to_thread.run_sync(self._complete_in_thread, kwargs, cancel)
 
     async def stream(self, kwargs: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Run one streamed chat completion, yielding chunk objects as tokens are generated.
@@ -154,22 +192,24 @@ class LlamaRuntime:
         (client gone) stops generation at the next token and frees the context.
 
         Raises:
-            ContextLengthExceeded: the prompt does not fit ``n_ctx`` (before any chunk).
+            ContextLengthExceeded: the prompt, or the prompt plus ``max_tokens``, does not fit
+                ``n_ctx`` (before any chunk).
         """
         async with self._lock:
-            chunks: Iterator[dict[str, Any]] = await anyio.to_thread.run_sync(self._create, {**kwargs, "stream": True})
+            cancel = threading.Event()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._begin, cancel, kwargs.get("max_tokens"))
+            chunks: Iterator[dict[str, Any]] | None = None
             last: dict[str, Any] | None = None
             try:
+                chunks = await anyio.to_thread.run_sync(self._create, {**kwargs, "stream": True})
                 while (chunk := await anyio.to_thread.run_sync(self._next, chunks)) is not None:
                     last = chunk
                     yield chunk
             finally:
-                close = getattr(chunks, "close", None)
-                if close is not None:
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(close)
-            prompt = self._llama.last_prompt_tokens
-            completion = self._llama.last_completion_tokens
+                cancel.set()  # a ``next`` still running for a cancelled caller stops at its next token
+                with anyio.CancelScope(shield=True):
+                    prompt, completion = await anyio.to_thread.run_sync(self._end, chunks)
             yield {
                 "id": last["id"] if last else "",
                 "object": "chat.completion.chunk",
