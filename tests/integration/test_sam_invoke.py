@@ -80,6 +80,7 @@ def router_client(name: str, edge_url: str, monkeypatch) -> TestClient:
     env = function_environment(TEMPLATE, name, Resolver(TEMPLATE, attrs, {"ClusterApiKeySecretName": ""}))
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", name)  # set by the Lambda runtime
     # What the Lambda role's credentials look like to botocore inside the function.
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ASIATESTKEY")

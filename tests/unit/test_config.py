@@ -87,6 +87,16 @@ endpoints:
             "used twice",
         ),
         ([1, 2], "must be a mapping"),
+        ({"endpoints": [{"name": "a", "url": "http://x/v1?k=1", "tier": "edge"}]}, "without ?query"),
+        ({"endpoints": [{"name": "bad\nname", "url": "http://x/v1", "tier": "edge"}]}, "endpoints[0].name"),
+        ({"endpoints": [{"name": "クラスタ", "url": "http://x/v1", "tier": "edge"}]}, "endpoints[0].name"),
+        (
+            {
+                "endpoints": [{"name": "a", "url": "http://x/v1", "tier": "edge"}],
+                "classifier": {"patterns": {"m": ["(x"]}},
+            },
+            "classifier.patterns",
+        ),
     ],
 )
 def test_validation_names_the_bad_field(doc, fragment):

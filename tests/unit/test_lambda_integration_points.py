@@ -34,7 +34,21 @@ def test_deadline_from_the_lambda_context_header():
     assert request_deadline(json.dumps({"deadline_ms": NOW * 1000 + 11_000}), 300, NOW) == 10.0
 
 
-@pytest.mark.parametrize("header", [None, "", "not json", "[]", '{"deadline": "soon"}', '{"deadline": true}', "{}"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "not json",
+        "[]",
+        '{"deadline": "soon"}',
+        '{"deadline": true}',
+        "{}",
+        '{"deadline": 1' + "0" * 400 + "}",
+        "[" * 5000 + "]" * 5000,
+        '{"deadline": 1e999}',
+    ],
+)
 def test_without_a_usable_header_the_configured_deadline_applies(header):
     assert request_deadline(header, 42.0, NOW) == 42.0
 
@@ -48,6 +62,7 @@ def test_router_passes_the_lambda_deadline_to_the_gateway(monkeypatch):
         return await original(self, request, request_id, deadline, allow_degrade)
 
     monkeypatch.setattr(Gateway, "complete", spy)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "router")
     fake = FakeUpstream({"edge-a": [json_reply(completion())]})
     cfg = config(endpoint("edge-a", "edge"), deadline=120)
     with TestClient(create_app(cfg, fake.upstream(), wall_clock=lambda: NOW)) as client:
@@ -59,7 +74,8 @@ def test_router_passes_the_lambda_deadline_to_the_gateway(monkeypatch):
     assert seen == [30 - DEADLINE_MARGIN_SECONDS, 120]
 
 
-def test_expired_lambda_deadline_is_504_without_an_upstream_call():
+def test_expired_lambda_deadline_is_504_without_an_upstream_call(monkeypatch):
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "router")
     fake = FakeUpstream({"edge-a": [json_reply(completion())]})
     with TestClient(create_app(config(endpoint("edge-a", "edge")), fake.upstream(), wall_clock=lambda: NOW)) as client:
         response = client.post(
@@ -137,3 +153,15 @@ def test_ping_answers_without_touching_upstreams():
         assert client.get("/ping").json() == {"status": "ok"}
         assert client.get("/health").status_code == 503
     assert [c.url.path for c in fake.calls] == ["/v1/models"]  # only /health probed
+
+
+def test_outside_lambda_a_client_cannot_set_the_deadline(monkeypatch):
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+    fake = FakeUpstream({"edge-a": [json_reply(completion())]})
+    with TestClient(create_app(config(endpoint("edge-a", "edge")), fake.upstream(), wall_clock=lambda: NOW)) as client:
+        response = client.post(
+            "/v1/chat/completions",
+            json={"model": "edge", "messages": SIMPLE},
+            headers={"x-amzn-lambda-context": json.dumps({"deadline": 0})},
+        )
+    assert response.status_code == 200

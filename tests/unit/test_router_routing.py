@@ -300,3 +300,91 @@ def test_missing_bearer_token_is_a_502_not_a_401():
     assert response.status_code == 502
     assert "UNSET_TOKEN_VAR" in response.json()["error"]["message"]
     assert fake.calls == []
+
+
+def test_lone_surrogate_is_400_not_500():
+    fake = FakeUpstream({"edge-a": [json_reply(completion())]})
+    with make_client(fake) as client:
+        response = client.post(
+            "/v1/chat/completions",
+            content=b'{"model":"edge","messages":[{"role":"user","content":"a\\ud800b"}]}',
+            headers={"content-type": "application/json"},
+        )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json"
+    assert fake.calls == []
+
+
+def test_trailing_slash_is_an_openai_404_not_a_redirect():
+    with make_client(FakeUpstream()) as client:
+        response = client.post("/v1/chat/completions/", json={"messages": SIMPLE}, follow_redirects=False)
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"choices": [{"message": {"content": NaN}}]}', b'{"choices": [{"message": {"content": "x"}}], "u": Infinity}'],
+)
+def test_non_finite_numbers_in_an_upstream_answer_are_a_failure(body):
+    fake = FakeUpstream({"r1-a": [httpx.Response(200, content=body)], "r1-b": [json_reply(completion("ok"))]})
+    with make_client(fake, endpoint("r1-a", "cluster"), endpoint("r1-b", "cluster", priority=1)) as client:
+        response = client.post("/v1/chat/completions", json={"model": "deepseek-r1", "messages": SIMPLE})
+    assert response.status_code == 200
+    assert response.headers["x-r1edge-upstream"] == "r1-b"
+
+
+def test_malformed_chunks_and_absurd_retry_after_never_give_a_500():
+    weird = sse({"choices": [{"delta": "oops"}]}, {"choices": "x"}, done=False)
+    fake = FakeUpstream(
+        {
+            "r1-a": [lambda request: sse_reply(weird)],
+            "r1-b": [json_reply({"error": {"message": "busy"}}, status=429, headers={"Retry-After": "9" * 400})],
+        }
+    )
+    eps = (endpoint("r1-a", "cluster"), endpoint("r1-b", "cluster", priority=1))
+    with make_client(fake, *eps) as client:
+        response = client.post(
+            "/v1/chat/completions", json={"model": "deepseek-r1", "messages": SIMPLE, "stream": True}
+        )
+    assert response.status_code in (429, 502, 503)
+    assert int(response.headers.get("Retry-After", "1")) <= 86_400
+    assert "error" in response.json()
+
+
+def test_done_without_a_finish_reason_is_a_truncated_stream():
+    body = sse(chunk("Cats are the"))  # [DONE] with no finish_reason: an interrupted answer
+    fake = FakeUpstream({"r1-a": [sse_reply(body)]})
+    with (
+        make_client(fake, endpoint("r1-a", "cluster")) as client,
+        client.stream(
+            "POST", "/v1/chat/completions", json={"model": "deepseek-r1", "messages": SIMPLE, "stream": True}
+        ) as response,
+    ):
+        text = "".join(response.iter_text())
+    assert "data: [DONE]" not in text
+    assert "upstream_stream_truncated" in text
+
+
+def test_relayed_upstream_error_fields_are_strings_or_null():
+    error = {"error": {"message": "bad", "type": 5, "param": {"x": 1}, "code": ["x"]}}
+    fake = FakeUpstream({"r1-a": [json_reply(error, status=400)]})
+    with make_client(fake, endpoint("r1-a", "cluster")) as client:
+        body = client.post("/v1/chat/completions", json={"model": "deepseek-r1", "messages": SIMPLE}).json()
+    assert body["error"] == {"message": "bad", "type": "invalid_request_error", "param": None, "code": None}
+
+
+def test_a_reader_crash_before_content_fails_over_instead_of_hanging():
+    fake = FakeUpstream(
+        {
+            "r1-a": [lambda request: sse_reply([b": hi\n\n"], error=RuntimeError("boom"))],
+            "r1-b": [lambda request: sse_reply(sse(chunk("ok", finish_reason="stop")))],
+        }
+    )
+    with make_client(fake, endpoint("r1-a", "cluster"), endpoint("r1-b", "cluster", priority=1)) as client:
+        response = client.post(
+            "/v1/chat/completions", json={"model": "deepseek-r1", "messages": SIMPLE, "stream": True}
+        )
+    assert response.status_code == 200
+    assert response.headers["x-r1edge-upstream"] == "r1-b"
+    assert response.text.rstrip().endswith("data: [DONE]")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -79,7 +80,7 @@ class Endpoint(_Strict):
             endpoint while the load is at or over ``load.target``.
     """
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
     url: str
     tier: Literal["edge", "cluster"]
     priority: int = 0
@@ -101,7 +102,9 @@ class Endpoint(_Strict):
     def _http_url(cls, value: str) -> str:
         parsed = urlparse(value)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(f"must be an http(s) URL such as http://127.0.0.1:8001/v1, got {value!r}")
+            raise ValueError("must be an http(s) URL such as http://127.0.0.1:8001/v1")
+        if parsed.query or parsed.fragment:
+            raise ValueError("must be a base URL without ?query or #fragment")
         return value.rstrip("/")
 
     @property
@@ -186,6 +189,19 @@ class Classifier(_Strict):
     default_completion_tokens: int = Field(256, ge=0)
     chars_per_token: float = Field(4.0, gt=0)
     patterns: dict[str, list[str]] = Field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_PATTERNS.items()})
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: dict[str, list[str]]) -> dict[str, list[str]]:
+        for category, group in patterns.items():
+            for pattern in group:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(
+                        f"pattern {pattern!r} in {category!r} is not a valid regular expression: {exc}"
+                    ) from None
+        return patterns
 
 
 class RoutingConfig(_Strict):

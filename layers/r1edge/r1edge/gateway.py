@@ -109,7 +109,9 @@ def _upstream_client_error(response_body: bytes, status: int) -> OpenAIError:
         error = json.loads(response_body).get("error")
         if isinstance(error, dict):
             message = str(error.get("message") or message)
-            param, code, type_ = error.get("param"), error.get("code"), error.get("type")
+            param, code, type_ = (
+                v if isinstance(v, str) else None for v in (error.get("param"), error.get("code"), error.get("type"))
+            )
         elif isinstance(error, str):
             message = error
     except (ValueError, AttributeError):
@@ -315,23 +317,33 @@ class Gateway:
                     state.in_flight -= 1
                     try:
                         state, response = await loop.next_response()
-                    except OpenAIError as exc:
-                        yield sse_data(exc.body())
+                    except OpenAIError as exc:  # keep-alive bytes were sent: a truncated stream
+                        yield truncated_event(f"{exc.code}: {exc.message}")
                         return
                     upstream = current = _UpstreamStream(response)
+            finished = any(_finish_reason(c) for c in upstream.buffered)
             for chunk in upstream.buffered:
                 yield sse_data(chunk)
             upstream.buffered.clear()
             idle = state.endpoint.timeouts.idle
             while True:
-                kind, item = await upstream.get(idle)
+                left = loop.deadline_at - self.clock()
+                kind, item = await upstream.get(min(idle, left))
                 if kind == "chunk":
+                    finished = finished or _finish_reason(item)
                     yield sse_data(item)
-                elif kind == "done":
+                elif kind == "done" and finished:
                     yield DONE
                     return
                 else:
-                    reason = item if kind == "error" else f"no data for {idle:g} s"
+                    if kind == "done":
+                        reason = "upstream ended the stream before any finish_reason (an interrupted answer)"
+                    elif kind == "error":
+                        reason = item
+                    elif left <= idle:
+                        reason = "the request's deadline passed"
+                    else:
+                        reason = f"no data for {idle:g} s"
                     state.breaker.record_failure(self.clock())
                     logger.warning(
                         "stream cut after content", extra={"endpoint": state.endpoint.name, "reason": reason}
@@ -345,6 +357,8 @@ class Gateway:
 
 
 KEEPALIVE = b": keep-alive\n\n"
+#: Longest Retry-After (seconds) we pass on to a client: a day.
+MAX_RETRY_AFTER = 86_400
 
 
 class _UpstreamStream:
@@ -364,6 +378,8 @@ class _UpstreamStream:
             await self.queue.put(("done", None))
         except StreamTruncated as exc:
             await self.queue.put(("error", str(exc)))
+        except Exception as exc:  # noqa: BLE001 - whatever breaks the reader must end the wait, not hang it
+            await self.queue.put(("error", f"{type(exc).__name__}: {exc}"))
 
     async def get(self, timeout: float) -> tuple[str, Any]:
         """Next item: ``("chunk", obj)``, ``("done", None)``, ``("error", reason)``, or
@@ -406,17 +422,26 @@ class _UpstreamStream:
             await self.task
 
 
+def _finish_reason(chunk: dict[str, Any]) -> bool:
+    """Whether a chunk carries a ``finish_reason`` (every complete OpenAI stream has one)."""
+    choices = chunk.get("choices")
+    return any(isinstance(c, dict) and c.get("finish_reason") for c in (choices if isinstance(choices, list) else []))
+
+
 def has_content(chunk: dict[str, Any]) -> bool:
     """Whether a chunk carries something the client should see as an answer: content,
     reasoning, tool calls, a finish reason, or usage (a role-only first delta does not count)."""
     if chunk.get("usage"):
         return True
-    for choice in chunk.get("choices") or []:
+    choices = chunk.get("choices")
+    for choice in choices if isinstance(choices, list) else []:
         if not isinstance(choice, dict):
             continue
         if choice.get("finish_reason"):
             return True
-        delta = choice.get("delta") or {}
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            continue
         if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"):
             return True
     return False
@@ -494,7 +519,7 @@ class _RetryLoop:
         cooldown = self.gw.pool.shortest_cooldown(self.decision.tier, now)
         logger.warning("no upstream answered", extra={"request_id": self.request_id, "failures": self.notes})
         if asked and busy:
-            wait = max(1, math.ceil(min(asked)))
+            wait = max(1, math.ceil(min(min(asked), MAX_RETRY_AFTER)))
             status_cls = RateLimited if all(s == 429 for s in self.statuses) else Overloaded
             return status_cls(
                 f"Every {self.decision.tier} endpoint is busy ({summary}).",
@@ -536,6 +561,9 @@ class _RetryLoop:
                 break
             self.forced_probe_used = self.forced_probe_used or forced
             name = state.endpoint.name
+            if self.tried.get(name, 0) >= gw.config.retry.max_attempts:
+                self.excluded.add(name)  # this endpoint has had its retries
+                continue
             if self.tried.get(name):
                 wait = wait_before_retry(
                     self.tried[name],

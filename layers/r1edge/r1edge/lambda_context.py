@@ -35,8 +35,18 @@ def request_deadline(
     try:
         context = json.loads(header)
         deadline_ms = context.get("deadline", context.get("deadline_ms"))
-    except (ValueError, AttributeError):
+        if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, (int, float)):
+            return configured
+        seconds = float(deadline_ms) / 1000.0
+    except (ValueError, AttributeError, RecursionError, OverflowError):
         return configured
-    if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, (int, float)) or not math.isfinite(deadline_ms):
+    if not math.isfinite(seconds):
         return configured
-    return max(0.0, min(configured, deadline_ms / 1000.0 - now - margin))
+    return max(0.0, min(configured, seconds - now - margin))
+
+
+def in_lambda(environ: dict[str, str]) -> bool:
+    """Whether this process runs in AWS Lambda (``AWS_LAMBDA_FUNCTION_NAME`` is set by the
+    runtime). Only there does ``x-amzn-lambda-context`` come from the adapter rather than from
+    whoever sent the request."""
+    return bool(environ.get("AWS_LAMBDA_FUNCTION_NAME"))

@@ -26,6 +26,16 @@ DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def strict_loads(text: str | bytes) -> Any:
+    """``json.loads`` that refuses ``NaN`` and ``Infinity`` (not JSON, and rejected by strict
+    clients), so such an upstream answer is a failure, never relayed."""
+    return json.loads(text, parse_constant=_no_constants)
+
+
 class StreamTruncated(Exception):
     """The upstream stream ended or failed before ``data: [DONE]``."""
 
@@ -44,7 +54,8 @@ def normalize_reasoning(message: dict[str, Any]) -> dict[str, Any]:
 
 def normalize_completion(obj: dict[str, Any]) -> dict[str, Any]:
     """Normalise a chat completion or chunk object: each choice's ``message``/``delta``."""
-    for choice in obj.get("choices") or []:
+    choices = obj.get("choices")
+    for choice in choices if isinstance(choices, list) else []:
         if isinstance(choice, dict):
             for key in ("message", "delta"):
                 if isinstance(choice.get(key), dict):
@@ -76,7 +87,7 @@ async def iter_chunks(response: httpx.Response) -> AsyncIterator[dict[str, Any]]
             if event.data.strip() == "[DONE]":
                 return
             try:
-                obj = json.loads(event.data)
+                obj = strict_loads(event.data)
             except ValueError:
                 raise StreamTruncated(f"upstream sent an event that is not JSON: {event.data[:80]!r}") from None
             if not isinstance(obj, dict):
@@ -114,7 +125,7 @@ def parse_completion(raw: bytes) -> dict[str, Any]:
         ValueError: the body is not a JSON object with a ``choices`` list (a cut or broken
             body is never passed on as a 200).
     """
-    obj = json.loads(raw)
+    obj = strict_loads(raw)
     if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
         raise ValueError("upstream body is not a chat completion object")
     return normalize_completion(obj)

@@ -27,6 +27,9 @@ class Outcome(enum.Enum):
     MISCONFIGURED = "misconfigured"  # our credential/model mapping: skip this endpoint
 
 
+#: Longest wait an upstream may ask for that we take literally (seconds): a day.
+MAX_WAIT = 86_400.0
+
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 CLIENT_FAULT_STATUS = frozenset({400, 413, 422})
 MISCONFIGURED_STATUS = frozenset({401, 403, 404})
@@ -61,13 +64,13 @@ def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
         except ValueError:
             value = math.nan
         if math.isfinite(value) and value >= 0:
-            return value / 1000.0
+            return min(value / 1000.0, MAX_WAIT)
     raw = headers.get("retry-after")
     if raw is None:
         return None
     raw = raw.strip()
-    if raw.isdigit():
-        return float(raw)
+    if raw.isascii() and raw.isdigit():
+        return min(float(raw), MAX_WAIT) if len(raw) < 16 else MAX_WAIT
     try:
         when = email.utils.parsedate_to_datetime(raw)
     except (TypeError, ValueError, IndexError):

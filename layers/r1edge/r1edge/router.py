@@ -24,7 +24,7 @@ from r1edge import web
 from r1edge.config import RoutingConfig, load_config
 from r1edge.errors import ConfigError
 from r1edge.gateway import Gateway
-from r1edge.lambda_context import request_deadline
+from r1edge.lambda_context import in_lambda, request_deadline
 from r1edge.relay import SSE_HEADERS
 from r1edge.upstream import Upstream
 from r1edge.validation import parse_json_body, validate_chat_request
@@ -77,7 +77,8 @@ def create_app(
         gateway: Gateway = request.app.state.gateway
         raw = await web.read_body(request, gateway.config.max_body_bytes)
         chat = validate_chat_request(parse_json_body(raw))
-        deadline = request_deadline(request.headers.get("x-amzn-lambda-context"), gateway.config.deadline, wall_clock())
+        context = request.headers.get("x-amzn-lambda-context") if in_lambda(os.environ) else None
+        deadline = request_deadline(context, gateway.config.deadline, wall_clock())
         degrade = request.headers.get("x-r1edge-allow-degrade", "").strip().lower() in ("1", "true", "yes")
         if chat.stream:  # Starlette closes a stream (and so the upstream) when the client goes
             routed = await gateway.complete(chat, web.request_id(), deadline, degrade)
@@ -114,7 +115,7 @@ def create_app(
             {"status": "ok" if ok else "unavailable", "endpoints": results}, status_code=200 if ok else 503
         )
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
@@ -125,3 +126,5 @@ def create_app(
         exception_handlers=web.EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # an unknown path is a 404 in the OpenAI shape, not a 307
+    return app

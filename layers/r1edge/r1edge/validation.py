@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from r1edge.errors import InvalidRequest
+from r1edge.relay import strict_loads
 
 #: Roles the Chat Completions API accepts (``developer`` is the newer name for ``system``).
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -45,18 +46,18 @@ class ChatRequest:
 
 
 def parse_json_body(raw: bytes) -> Any:
-    """Decode a request body as strict JSON (UTF-8; ``NaN`` and ``Infinity`` are refused).
+    """Decode a request body as strict JSON (RFC 8259): ``NaN`` and ``Infinity`` are refused, and
+    so are lone surrogates (``"\\ud800"`` is valid JSON syntax but not Unicode text, and could not
+    be sent to any upstream as UTF-8).
 
     Raises:
-        InvalidRequest: the bytes are not valid JSON.
+        InvalidRequest: the bytes are not valid JSON text.
     """
-
-    def _no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not valid JSON")
-
     try:
-        return json.loads(raw, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        body = strict_loads(raw)
+        json.dumps(body, ensure_ascii=False).encode("utf-8")  # UnicodeEncodeError on a lone surrogate
+        return body
+    except (ValueError, RecursionError) as exc:  # JSONDecode-, UnicodeDecode-, UnicodeEncodeError
         raise InvalidRequest(f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from None
 
 
