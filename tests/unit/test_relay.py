@@ -1,6 +1,6 @@
-"""The SSE relay: order kept, ``[DONE]`` last, reasoning and usage kept, multi-byte characters
-split across network reads arrive whole, comment lines never reach the JSON parser, and a cut
-stream ends with an error event and no ``[DONE]``."""
+"""The SSE relay, through the router: order kept, ``[DONE]`` last, reasoning and usage kept,
+multi-byte characters split across network reads arrive whole, comment lines never reach the JSON
+parser, and a stream cut after content ends with an error event and no ``[DONE]``."""
 
 from __future__ import annotations
 
@@ -8,81 +8,93 @@ import json
 
 import httpx
 import pytest
-from fakes import ChunkStream, chunk, sse
+from fakes import FakeClock, FakeUpstream, chunk, config, endpoint, sse, sse_reply
+from starlette.testclient import TestClient
 
-from r1edge.relay import normalize_completion, parse_completion, relay_sse
+from r1edge.relay import normalize_completion, parse_completion
+from r1edge.router import create_app
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
+STOP = chunk(finish_reason="stop")
 
 
-async def relay(chunks: list[bytes], error: Exception | None = None) -> list[str]:
-    stream = ChunkStream(chunks, error)
-    response = httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
-    out = b"".join([piece async for piece in relay_sse(response)])
-    text = out.decode("utf-8")
+def relay(chunks: list[bytes], error: Exception | None = None) -> list[str]:
+    """Stream ``chunks`` (these exact network reads) from an upstream through the router; return
+    the client's ``data:`` payloads."""
+    fake = FakeUpstream({"r1-a": [lambda request: sse_reply(chunks, error)]})
+    app = create_app(
+        config(endpoint("r1-a", "cluster"), retry={"max_attempts": 1}), fake.upstream(), **FakeClock().options()
+    )
+    body = {"model": "deepseek-r1", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with TestClient(app) as client, client.stream("POST", "/v1/chat/completions", json=body) as response:
+        text = "".join(response.iter_text())
     assert text.endswith("\n\n")
-    return [event.removeprefix("data: ") for event in text[:-2].split("\n\n")]
+    return [event.removeprefix("data: ") for event in text[:-2].split("\n\n") if not event.startswith(":")]
 
 
-async def test_order_kept_and_done_last():
-    body = sse(*(chunk(str(i)) for i in range(50)))
-    events = await relay([body])
+def contents(events: list[str]) -> list[str]:
+    out = []
+    for e in events:
+        if e != "[DONE]" and "choices" in json.loads(e):
+            for c in json.loads(e)["choices"]:
+                if c["delta"].get("content"):
+                    out.append(c["delta"]["content"])
+    return out
+
+
+def test_order_kept_and_done_last():
+    body = sse(*(chunk(str(i)) for i in range(50)), STOP)
+    events = relay([body])
     assert events[-1] == "[DONE]"
-    assert [json.loads(e)["choices"][0]["delta"]["content"] for e in events[:-1]] == [str(i) for i in range(50)]
+    assert contents(events) == [str(i) for i in range(50)]
 
 
-async def test_reasoning_content_and_usage_chunks_pass_through():
+def test_reasoning_content_and_usage_chunks_pass_through():
     usage = {
         "id": "c1",
         "object": "chat.completion.chunk",
         "choices": [],
         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
     }
-    events = await relay([sse(chunk(reasoning_content="think"), chunk("answer"), usage)])
+    events = relay([sse(chunk(reasoning_content="think"), chunk("answer"), STOP, usage)])
     objs = [json.loads(e) for e in events[:-1]]
     assert objs[0]["choices"][0]["delta"] == {"reasoning_content": "think"}
     assert objs[1]["choices"][0]["delta"] == {"content": "answer"}
-    assert objs[2]["usage"] == usage["usage"]
-    assert objs[2]["choices"] == []
+    assert objs[3]["usage"] == usage["usage"]
+    assert objs[3]["choices"] == []
 
 
-async def test_vllm_reasoning_is_renamed_and_never_doubled():
-    events = await relay([sse(chunk(reasoning="a"), chunk(reasoning="b", reasoning_content="b"))])
-    deltas = [json.loads(e)["choices"][0]["delta"] for e in events[:-1]]
+def test_vllm_reasoning_is_renamed_and_never_doubled():
+    events = relay([sse(chunk(reasoning="a"), chunk(reasoning="b", reasoning_content="b"), STOP)])
+    deltas = [json.loads(e)["choices"][0]["delta"] for e in events[:-2]]
     assert deltas == [{"reasoning_content": "a"}, {"reasoning_content": "b"}]
 
 
-async def test_multibyte_character_split_across_reads_arrives_whole():
-    body = sse(chunk("héllo 世界 🙂"))
+def test_multibyte_character_split_across_reads_arrives_whole():
+    body = sse(chunk("héllo 世界 🙂"), STOP)
     cut = body.index("世".encode()) + 1  # inside the 3-byte sequence
     emoji = body.index("🙂".encode()) + 2  # inside the 4-byte sequence
-    events = await relay([body[:cut], body[cut:emoji], body[emoji:]])
+    events = relay([body[:cut], body[cut:emoji], body[emoji:]])
     assert json.loads(events[0])["choices"][0]["delta"]["content"] == "héllo 世界 🙂"
 
 
-async def test_event_split_in_the_middle_of_a_line_and_crlf_endings():
-    body = sse(chunk("one"), chunk("two")).replace(b"\n", b"\r\n")
+def test_event_split_in_the_middle_of_a_line_and_crlf_endings():
+    body = sse(chunk("one"), chunk("two"), STOP).replace(b"\n", b"\r\n")
     pieces = [body[i : i + 7] for i in range(0, len(body), 7)]
-    events = await relay(pieces)
-    assert [json.loads(e)["choices"][0]["delta"]["content"] for e in events[:-1]] == ["one", "two"]
+    events = relay(pieces)
+    assert contents(events) == ["one", "two"]
     assert events[-1] == "[DONE]"
 
 
-async def test_keep_alive_comments_never_reach_the_json_parser():
-    body = b": keep-alive\n\n" + b": ping - 2025-01-01\n\n" + sse(chunk("x"), done=False) + b": keep-alive\n\n"
-    events = await relay([body, b"data: [DONE]\n\n"])
-    assert len(events) == 2
-    assert json.loads(events[0])["choices"][0]["delta"]["content"] == "x"
-    assert events[1] == "[DONE]"
+def test_keep_alive_comments_never_reach_the_json_parser():
+    body = b": keep-alive\n\n" + b": ping - 2025-01-01\n\n" + sse(chunk("x"), STOP, done=False) + b": keep-alive\n\n"
+    events = relay([body, b"data: [DONE]\n\n"])
+    assert len(events) == 3
+    assert contents(events) == ["x"]
+    assert events[-1] == "[DONE]"
 
 
-async def test_stream_cut_before_done_ends_with_error_event_and_no_done():
-    events = await relay(
+def test_stream_cut_before_done_ends_with_error_event_and_no_done():
+    events = relay(
         [sse(*(chunk(str(i)) for i in range(40)), done=False)],
         error=httpx.RemoteProtocolError("peer closed connection"),
     )
@@ -93,13 +105,13 @@ async def test_stream_cut_before_done_ends_with_error_event_and_no_done():
     assert "[DONE]" not in events
 
 
-async def test_stream_that_just_ends_without_done_is_truncated():
-    events = await relay([sse(chunk("a"), done=False)])
+def test_stream_that_just_ends_without_done_is_truncated():
+    events = relay([sse(chunk("a"), done=False)])
     assert json.loads(events[-1])["error"]["code"] == "upstream_stream_truncated"
 
 
-async def test_error_object_mid_stream_ends_stream_as_truncated():
-    events = await relay([sse(chunk("a"), {"error": {"message": "engine died"}})])
+def test_error_object_mid_stream_ends_stream_as_truncated():
+    events = relay([sse(chunk("a"), {"error": {"message": "engine died"}})])
     assert json.loads(events[0])["choices"][0]["delta"]["content"] == "a"
     error = json.loads(events[1])["error"]
     assert error["code"] == "upstream_stream_truncated"
@@ -107,8 +119,8 @@ async def test_error_object_mid_stream_ends_stream_as_truncated():
     assert len(events) == 2
 
 
-async def test_non_json_event_is_truncation_not_a_crash():
-    events = await relay([b"data: {not json\n\n"])
+def test_non_json_event_is_truncation_not_a_crash():
+    events = relay([sse(chunk("a"), done=False) + b"data: {not json\n\n"])
     assert json.loads(events[-1])["error"]["code"] == "upstream_stream_truncated"
 
 

@@ -102,22 +102,6 @@ async def iter_chunks(response: httpx.Response) -> AsyncIterator[dict[str, Any]]
     raise StreamTruncated("upstream stream ended without data: [DONE]")
 
 
-async def relay_sse(response: httpx.Response) -> AsyncIterator[bytes]:
-    """Re-emit an upstream SSE stream chunk by chunk as client-ready bytes.
-
-    Ends with ``data: [DONE]`` when the upstream finished properly; otherwise with the
-    ``upstream_stream_truncated`` error event and no ``[DONE]`` (DESIGN.md, Errors). The caller
-    owns ``response`` and closes it.
-    """
-    try:
-        async for chunk in iter_chunks(response):
-            yield sse_data(chunk)
-    except StreamTruncated as exc:
-        yield truncated_event(str(exc))
-        return
-    yield DONE
-
-
 def parse_completion(raw: bytes) -> dict[str, Any]:
     """Decode and normalise a non-streamed chat completion body.
 
