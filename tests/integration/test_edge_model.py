@@ -140,14 +140,18 @@ def test_models_and_health(client, runtime):
     assert health["n_ctx"] == 2048
 
 
-def test_cancel_stops_a_non_streamed_generation_at_the_next_token(runtime):
-    eos = runtime._llama.token_eos()
-    kwargs = {
+def endless(runtime: LlamaRuntime) -> dict:
+    """A 1500-token request with end-of-generation banned: only a cancel (or the cap) stops it."""
+    return {
         "messages": [{"role": "user", "content": "Count from one to one thousand."}],
         "max_tokens": 1500,
         "temperature": 0,
-        "logit_bias": {str(eos): -100},
-    }  # no natural end: only the cancel stops it
+        "logit_bias": {str(runtime._llama.token_eos()): -100},
+    }
+
+
+def test_cancel_stops_a_non_streamed_generation_at_the_next_token(runtime):
+    kwargs = endless(runtime)
     cancel = threading.Event()
     timer = threading.Timer(0.5, cancel.set)
     timer.start()
@@ -168,13 +172,7 @@ def test_prompt_plus_max_tokens_over_the_context_is_400_not_a_shortened_answer(c
 
 
 def test_a_cancelled_caller_never_overlaps_the_next_generation(runtime):
-    eos = runtime._llama.token_eos()
-    long = {
-        "messages": [{"role": "user", "content": "Count to a thousand."}],
-        "max_tokens": 1500,
-        "temperature": 0,
-        "logit_bias": {str(eos): -100},
-    }
+    long = endless(runtime)
 
     async def scenario():
         cancel = threading.Event()
