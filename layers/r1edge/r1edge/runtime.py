@@ -9,39 +9,85 @@ time logged. The chat template comes from the model's own GGUF metadata
 Usage counts are exact: for JSON answers they are llama-cpp-python's own; streamed answers count
 the same tokens, observed in ``Llama.generate``: prompt tokens as fed to the model, and every
 sampled token except an end-of-generation token, which llama-cpp-python does not count either.
+
+Confidence: for every sampled token, ``Llama.generate`` is observed once more to read the
+log-probability the model gave that token, from the logits llama.cpp already holds for the last
+position (``llama_get_logits_ith(ctx, -1)``; no ``logits_all``, which would cost speed). A
+generation's confidence is the geometric mean of those probabilities, ``exp(mean log p)``, in
+``(0, 1]``: the model's own, untempered distribution, whatever the sampling settings.
+
+Capacity: one generation at a time per model; at most ``max_queue`` more requests wait for it,
+and the next one is refused at once with 503 and ``Retry-After`` (never an unbounded pile-up).
+In Lambda each container takes one request at a time anyway.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 from aws_lambda_powertools import Logger
 
-from r1edge.errors import ContextLengthExceeded
+from r1edge.errors import ContextLengthExceeded, Overloaded
+from r1edge.model import ModelError
+from r1edge.reasoning import ThinkMode, think_mode
 
 logger = Logger(service="r1edge-edge", child=True)
 
 
+@dataclass
+class GenerationStats:
+    """What one generation did, filled in by the worker thread as tokens are sampled.
+
+    Attributes:
+        prompt_tokens: tokens fed to the model for the prompt.
+        completion_tokens: sampled tokens, an end-of-generation token excepted (OpenAI's count).
+        logprob_sum: sum of the natural-log probabilities of every sampled token.
+        scored_tokens: how many tokens ``logprob_sum`` covers (end-of-generation included).
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    logprob_sum: float = 0.0
+    scored_tokens: int = 0
+
+    @property
+    def confidence(self) -> float | None:
+        """Geometric mean probability of the sampled tokens, ``exp(logprob_sum / scored_tokens)``,
+        in ``(0, 1]``; ``None`` before the first token."""
+        return math.exp(self.logprob_sum / self.scored_tokens) if self.scored_tokens else None
+
+
 def _counting_llama_class() -> type:
-    """A ``llama_cpp.Llama`` subclass that records the token counts of its last generation."""
+    """A ``llama_cpp.Llama`` subclass that records each generation's token counts and token
+    log-probabilities into a :class:`GenerationStats`, stops at a cancel event or a token cap,
+    and refuses a prompt plus ``max_tokens`` that does not fit the context."""
     import llama_cpp
+    import numpy as np
 
     class CountingLlama(llama_cpp.Llama):
-        last_prompt_tokens = 0
-        last_completion_tokens = 0
+        stats: GenerationStats | None = None
         cancel: threading.Event | None = None  # set: stop generating at the next token
         requested_max_tokens: int | None = None
+        token_cap: int | None = None  # stop (finish_reason "length") after this many tokens
+
+        def _token_logprob(self, token: int) -> float:
+            logits = np.ctypeslib.as_array(self._ctx.get_logits_ith(-1), shape=(self._n_vocab,))
+            peak = float(logits.max())
+            return float(logits[token]) - peak - math.log(float(np.exp(logits - peak).sum()))
 
         def generate(self, tokens, *args, **kwargs):  # type: ignore[no-untyped-def]
+            stats = self.stats if self.stats is not None else GenerationStats()
             # ``tokens`` is mutated by the parent generator, so its length is taken first.
-            self.last_prompt_tokens = len(tokens)
-            self.last_completion_tokens = 0
+            stats.prompt_tokens = len(tokens)
             wanted = self.requested_max_tokens
             if wanted is not None and len(tokens) + wanted > self._n_ctx:
                 # llama-cpp-python would quietly shrink max_tokens to fit: refuse, as OpenAI does.
@@ -59,48 +105,83 @@ def _counting_llama_class() -> type:
                 if self.cancel is not None and self.cancel.is_set():
                     inner.close()
                     return
-                if not llama_cpp.llama_vocab_is_eog(self._model.vocab, token):
-                    self.last_completion_tokens += 1
+                eog = llama_cpp.llama_vocab_is_eog(self._model.vocab, token)
+                if not eog and self.token_cap is not None and stats.completion_tokens >= self.token_cap:
+                    inner.close()  # llama-cpp-python then reports finish_reason "length"
+                    return
+                stats.logprob_sum += self._token_logprob(token)
+                stats.scored_tokens += 1
+                if not eog:
+                    stats.completion_tokens += 1
                 sent = yield token
 
     return CountingLlama
 
 
 class LlamaRuntime:
-    """One GGUF model behind a lock.
+    """One GGUF model behind a lock, with a bounded queue in front of it.
 
     Args:
         model_path: path of the ``.gguf`` file.
         n_ctx: context window in tokens (prompt plus completion).
         n_threads: CPU threads for generation (default: every core this process may use).
+        max_tokens: the edge's cap on completion tokens; also the limit when a request sets none.
+        max_queue: requests that may wait while one generates; one more is refused with 503.
+        reasoning: ``auto``, ``on`` or ``off`` (see :func:`r1edge.reasoning.think_mode`).
     """
 
-    def __init__(self, model_path: str | os.PathLike[str], n_ctx: int = 2048, n_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        max_tokens: int = 1024,
+        max_queue: int = 4,
+        reasoning: str = "auto",
+    ) -> None:
         self.model_path = Path(model_path)
         self.n_ctx = n_ctx
         self.n_threads = n_threads or len(os.sched_getaffinity(0))
+        self.max_tokens = max_tokens
+        self.max_queue = max_queue
+        self.reasoning = reasoning
+        self.think_mode = ThinkMode.OFF
         self.model_id = self.model_path.name.removesuffix(".gguf")
+        self.import_seconds: float | None = None
         self.load_seconds: float | None = None
         self._llama: Any = None
         # A semaphore, not a Lock: a stream is started by the request handler and finished by the
         # response task, and an anyio Lock must be released by the task that took it.
         self._lock = anyio.Semaphore(1)
+        self._waiting = 0
         # Held by the worker thread for as long as it is inside llama.cpp, whatever happens to the
         # coroutine that started it: a cancelled request can never overlap the next one.
         self._context = threading.Semaphore(1)
         self._generator_lock = threading.Lock()  # a stream's ``next`` and its ``close`` never overlap
 
     def load(self) -> None:
-        """Load the model (blocking; call once, from a worker thread in async code).
+        """Load the model (blocking; call once, from a worker thread in async code), time the
+        import of llama.cpp and the load, and choose the think mode from the chat template.
 
         Raises:
-            ValueError: llama.cpp could not load the file.
+            ModelError: llama.cpp could not load the file (corrupt, truncated, or a GGUF
+                version or architecture this llama.cpp does not know).
         """
         started = time.perf_counter()
-        self._llama = _counting_llama_class()(
-            model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False
-        )
+        llama_class = _counting_llama_class()
+        self.import_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        try:
+            self._llama = llama_class(
+                model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False
+            )
+        except ValueError as exc:
+            raise ModelError(
+                f"llama.cpp cannot load {self.model_path} ({self.model_path.stat().st_size} bytes): the file is "
+                f"corrupt or truncated, or its GGUF version or architecture is unknown to this llama.cpp ({exc})"
+            ) from None
         self.load_seconds = time.perf_counter() - started
+        self.think_mode = think_mode(self.reasoning, self._llama.metadata.get("tokenizer.chat_template"), _render)
         logger.info(
             "model loaded",
             extra={
@@ -108,6 +189,8 @@ class LlamaRuntime:
                 "path": str(self.model_path),
                 "n_ctx": self.n_ctx,
                 "n_threads": self.n_threads,
+                "think_mode": self.think_mode.value,
+                "import_ms": round(self.import_seconds * 1000, 1),
                 "load_ms": round(self.load_seconds * 1000, 1),
             },
         )
@@ -137,41 +220,74 @@ class LlamaRuntime:
             except ValueError as exc:  # llama-cpp-python checks the context on the first ``next``
                 raise self._translate(exc) from None
 
-    def _begin(self, cancel: threading.Event | None, max_tokens: int | None) -> None:
+    def _begin(self, cancel: threading.Event | None, max_tokens: int | None, stats: GenerationStats) -> None:
         """In a worker thread: take the context (waiting for any abandoned generation to stop)."""
         self._context.acquire()
         self._llama.cancel = cancel
         self._llama.requested_max_tokens = max_tokens
+        self._llama.token_cap = self.max_tokens if max_tokens is None else None
+        self._llama.stats = stats
 
-    def _end(self, chunks: Iterator[dict[str, Any]] | None = None) -> tuple[int, int]:
-        """In a worker thread: close a stream's generator (after any ``next`` in flight), free
-        the context, and return the last generation's ``(prompt, completion)`` token counts."""
+    def _end(self, chunks: Iterator[dict[str, Any]] | None = None) -> None:
+        """In a worker thread: close a stream's generator (after any ``next`` in flight) and free
+        the context."""
         try:
             if chunks is not None:
                 with self._generator_lock:
                     close = getattr(chunks, "close", None)
                     if close is not None:
                         close()
-            return self._llama.last_prompt_tokens, self._llama.last_completion_tokens
         finally:
             self._llama.cancel = None
             self._llama.requested_max_tokens = None
+            self._llama.token_cap = None
+            self._llama.stats = None
             self._context.release()
 
-    def _complete_in_thread(self, kwargs: dict[str, Any], cancel: threading.Event | None) -> Any:
-        self._begin(cancel, kwargs.get("max_tokens"))
+    def _complete_in_thread(
+        self, kwargs: dict[str, Any], cancel: threading.Event | None, stats: GenerationStats
+    ) -> Any:
+        self._begin(cancel, kwargs.get("max_tokens"), stats)
         try:
             return self._create({**kwargs, "stream": False})
         finally:
             self._end()
 
-    async def complete(self, kwargs: dict[str, Any], cancel: threading.Event | None = None) -> dict[str, Any]:
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """Wait for the model, in a queue of at most ``max_queue``.
+
+        Raises:
+            Overloaded: the queue is full (503, ``Retry-After: 1``).
+        """
+        if self._lock.value == 0 and self._waiting >= self.max_queue:
+            raise Overloaded(
+                f"The edge model is busy ({self._waiting} requests already waiting).", headers={"Retry-After": "1"}
+            )
+        self._waiting += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    async def complete(
+        self,
+        kwargs: dict[str, Any],
+        cancel: threading.Event | None = None,
+        stats: GenerationStats | None = None,
+    ) -> dict[str, Any]:
         """Run one non-streamed chat completion.
 
         Args:
-            kwargs: keyword arguments of ``Llama.create_chat_completion`` (without ``stream``).
+            kwargs: keyword arguments of ``Llama.create_chat_completion`` (without ``stream``);
+                ``max_tokens`` ``None`` means up to :attr:`max_tokens`.
             cancel: when set (the client went away), generation stops at the next token and
                 the context is freed for the next request; the partial result is discarded.
+            stats: filled in with the generation's token counts and log-probabilities.
 
         Returns:
             The OpenAI-shaped chat completion, ``usage`` included.
@@ -179,26 +295,34 @@ class LlamaRuntime:
         Raises:
             ContextLengthExceeded: the prompt, or the prompt plus ``max_tokens``, does not fit
                 ``n_ctx`` (OpenAI refuses such requests rather than shortening the answer).
+            Overloaded: :attr:`max_queue` requests are already waiting.
         """
-        async with self._lock:
-            return await anyio.to_thread.run_sync(self._complete_in_thread, kwargs, cancel)
+        async with self._turn():
+            return await anyio.to_thread.run_sync(
+                self._complete_in_thread, kwargs, cancel, stats if stats is not None else GenerationStats()
+            )
 
-    async def stream(self, kwargs: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def stream(
+        self, kwargs: dict[str, Any], stats: GenerationStats | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         """Run one streamed chat completion, yielding chunk objects as tokens are generated.
 
-        The last item is a usage chunk, ``{"id", "object": "chat.completion.chunk", "created",
-        "model", "choices": [], "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}``
-        (the shape OpenAI sends for ``stream_options.include_usage``). Closing the iterator early
+        ``stats`` (when given) is up to date each time a chunk is yielded. The last item is a
+        usage chunk, ``{"id", "object": "chat.completion.chunk", "created", "model",
+        "choices": [], "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}`` (the
+        shape OpenAI sends for ``stream_options.include_usage``). Closing the iterator early
         (client gone) stops generation at the next token and frees the context.
 
         Raises:
             ContextLengthExceeded: the prompt, or the prompt plus ``max_tokens``, does not fit
                 ``n_ctx`` (before any chunk).
+            Overloaded: :attr:`max_queue` requests are already waiting (before any chunk).
         """
-        async with self._lock:
+        stats = stats if stats is not None else GenerationStats()
+        async with self._turn():
             cancel = threading.Event()
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._begin, cancel, kwargs.get("max_tokens"))
+                await anyio.to_thread.run_sync(self._begin, cancel, kwargs.get("max_tokens"), stats)
             chunks: Iterator[dict[str, Any]] | None = None
             last: dict[str, Any] | None = None
             try:
@@ -209,7 +333,7 @@ class LlamaRuntime:
             finally:
                 cancel.set()  # a ``next`` still running for a cancelled caller stops at its next token
                 with anyio.CancelScope(shield=True):
-                    prompt, completion = await anyio.to_thread.run_sync(self._end, chunks)
+                    await anyio.to_thread.run_sync(self._end, chunks)
             yield {
                 "id": last["id"] if last else "",
                 "object": "chat.completion.chunk",
@@ -217,8 +341,17 @@ class LlamaRuntime:
                 "model": last["model"] if last else self.model_id,
                 "choices": [],
                 "usage": {
-                    "prompt_tokens": prompt,
-                    "completion_tokens": completion,
-                    "total_tokens": prompt + completion,
+                    "prompt_tokens": stats.prompt_tokens,
+                    "completion_tokens": stats.completion_tokens,
+                    "total_tokens": stats.prompt_tokens + stats.completion_tokens,
                 },
             }
+
+
+def _render(template: str) -> str:
+    """Render a chat template for one user message with the generation prompt, through
+    llama-cpp-python's own Jinja formatter (the one that serves requests)."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    formatter = Jinja2ChatFormatter(template=template, eos_token="", bos_token="")
+    return formatter(messages=[{"role": "user", "content": "Hello"}]).prompt
