@@ -147,6 +147,21 @@ class Latency(_Strict):
     hysteresis: float = Field(0.8, gt=0, le=1)
 
 
+class Cascade(_Strict):
+    """Confidence-based escalation of ``model: auto`` requests from the edge to the cluster
+    (see :mod:`r1edge.gateway`).
+
+    Attributes:
+        threshold: edge answers whose confidence (geometric mean token probability, 0 to 1)
+            is under this go to the cluster; ``null`` turns the cascade off.
+        stream_window: tokens the edge generates before a streamed answer starts, to judge
+            it (0: streams are not cascaded). Each token adds to the time to first token.
+    """
+
+    threshold: float | None = Field(0.5, ge=0, le=1)
+    stream_window: int = Field(8, ge=0, le=256)
+
+
 DEFAULT_PATTERNS: dict[str, list[str]] = {
     "math": [
         r"\b(prove|proof|theorem|lemma|integral|integrate|derivative|differentiate|equations?|inequality)\b",
@@ -221,6 +236,7 @@ class RoutingConfig(_Strict):
         keepalive_interval: seconds between ``: keep-alive`` comments while a stream waits for
             its first token (default 5; CloudFront's default read timeout is 30 s).
         classifier: :class:`Classifier` settings.
+        cascade: :class:`Cascade` settings.
         max_body_bytes: request bodies larger than this are refused with 413 (default 10 MiB).
     """
 
@@ -233,6 +249,7 @@ class RoutingConfig(_Strict):
     allow_degrade: bool = False
     keepalive_interval: float = Field(5.0, gt=0)
     classifier: Classifier = Classifier()
+    cascade: Cascade = Cascade()
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
 
     @field_validator("endpoints")

@@ -14,6 +14,16 @@ whose wait would overrun it is taken out instead). Each endpoint may be tried
 401/403/404 take the endpoint out (logged loudly); with none left the client gets 502, never a
 401 that blames its key. Backends never retry by themselves.
 
+Cascade (``model: auto`` only): a request the classifier sends to the edge goes to the cluster
+instead when the edge refuses it as too long for its context window, or answers with a
+confidence (its ``x-r1edge-confidence`` header) under ``cascade.threshold``; ``x-r1edge-reason``
+says which. A JSON answer is judged whole; a stream is judged on its first
+``cascade.stream_window`` tokens, which the edge generates before it sends its headers (asked for
+with ``x-r1edge-confidence-window``), so nothing has reached the client when the router decides.
+If the cluster then cannot answer, the edge's answer is used after all (a JSON answer as kept; a
+stream is asked of the edge again, without the hold). An edge tier that cannot answer at all
+(busy, failing, timing out) also sends ``auto`` requests to the cluster.
+
 Streams: the client's response is held until the upstream's first content chunk, so a failure
 before content falls back silently and the headers name the endpoint that answers. If no content
 comes within ``keepalive_interval`` seconds the response starts and ``: keep-alive`` comments
@@ -32,7 +42,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -85,10 +95,42 @@ class Routed:
     attempts: int
     completion: dict[str, Any] | None = None
     stream: AsyncIterator[bytes] | None = None
+    upstream_headers: dict[str, str] = field(default_factory=dict)
 
     def headers(self) -> dict[str, str]:
-        """The ``x-r1edge-*`` response headers (DESIGN.md, Contracts)."""
-        return route_headers(self.decision, self.endpoint.name, self.attempts)
+        """The ``x-r1edge-*`` response headers (DESIGN.md, Contracts), with the edge's own
+        (:data:`RELAYED_HEADERS`) passed on."""
+        return {**self.upstream_headers, **route_headers(self.decision, self.endpoint.name, self.attempts)}
+
+    @property
+    def confidence(self) -> float | None:
+        """The edge's ``x-r1edge-confidence`` for this answer, if it sent one."""
+        return _confidence(self.upstream_headers)
+
+
+#: Edge response headers passed on to the client (see :mod:`r1edge.edge`).
+RELAYED_HEADERS = ("x-r1edge-confidence", "x-r1edge-confidence-tokens", "x-r1edge-max-tokens-clamped")
+
+
+def relayed_headers(headers: httpx.Headers) -> dict[str, str]:
+    """The :data:`RELAYED_HEADERS` present in an upstream response."""
+    return {name: headers[name] for name in RELAYED_HEADERS if name in headers}
+
+
+def _confidence(headers: dict[str, str] | httpx.Headers) -> float | None:
+    try:
+        value = float(headers.get("x-r1edge-confidence", "nan"))
+    except ValueError:
+        return None
+    return value if 0.0 <= value <= 1.0 else None
+
+
+class _LowConfidence(Exception):
+    """A streamed edge answer whose first tokens fell under the cascade threshold (closed)."""
+
+    def __init__(self, confidence: float) -> None:
+        super().__init__(confidence)
+        self.confidence = confidence
 
 
 def route_headers(decision: Decision | None, endpoint: str | None, attempts: int) -> dict[str, str]:
@@ -233,9 +275,12 @@ class Gateway:
             },
         )
         deadline_at = self.clock() + (self.config.deadline if deadline is None else deadline)
+        if request.model == "auto" and decision.tier == "edge" and self.config.tier_endpoints("cluster"):
+            return await self._cascade(request, decision, request_id, deadline_at)
         degrade = allow_degrade or (request.model == "auto" and self.config.allow_degrade)
+        first = _RetryLoop(self, request, decision, request_id, deadline_at)
         try:
-            return await self._answer(_RetryLoop(self, request, decision, request_id, deadline_at))
+            return await self._answer(first)
         except (Overloaded, RateLimited, UpstreamError, UpstreamTimeout) as exc:
             if not (degrade and decision.tier == "cluster" and self.config.tier_endpoints("edge")):
                 raise
@@ -245,7 +290,56 @@ class Gateway:
             logger.warning(
                 "cluster cannot answer; degrading to the edge", extra={"request_id": request_id, "error": exc.message}
             )
-            return await self._answer(_RetryLoop(self, request, edge, request_id, deadline_at))
+            return await self._answer(
+                _RetryLoop(self, request, edge, request_id, deadline_at, prior_attempts=first.total_attempts)
+            )
+
+    async def _cascade(self, request: ChatRequest, decision: Decision, request_id: str, deadline_at: float) -> Routed:
+        """Edge first; the cluster when the edge cannot serve the prompt or is not confident
+        enough (see the module docstring). Errors as :meth:`complete`."""
+        cascade = self.config.cascade
+        window = cascade.stream_window if request.stream and cascade.threshold is not None else 0
+        edge = _RetryLoop(
+            self, request, decision, request_id, deadline_at, min_confidence=cascade.threshold if window else None
+        )
+        edge.extra_headers = {"x-r1edge-confidence-window": str(window)} if window else {}
+        kept: Routed | None = None
+        try:
+            routed = await self._answer(edge)
+        except _LowConfidence as low:
+            reason = f"low_confidence:{low.confidence:.3f}<{cascade.threshold:g}"
+        except (Overloaded, RateLimited, UpstreamError, UpstreamTimeout) as exc:
+            reason = f"edge_unavailable:{exc.code}"
+        except OpenAIError as exc:
+            if exc.code != "context_length_exceeded":
+                raise
+            reason = "edge_context_length"
+        else:
+            confidence = routed.confidence
+            if routed.stream is not None or cascade.threshold is None or confidence is None:
+                return routed
+            if confidence >= cascade.threshold:
+                return routed
+            reason = f"low_confidence:{confidence:.3f}<{cascade.threshold:g}"
+            kept = routed
+        logger.info("escalating to the cluster", extra={"request_id": request_id, "reason": reason})
+        escalated = Decision("cluster", reason, decision.prompt_tokens)
+        cluster = _RetryLoop(self, request, escalated, request_id, deadline_at, prior_attempts=edge.total_attempts)
+        try:
+            return await self._answer(cluster)
+        except (Overloaded, RateLimited, UpstreamError, UpstreamTimeout) as exc:
+            if reason == "edge_context_length" or reason.startswith("edge_unavailable") or self.clock() >= deadline_at:
+                raise
+            fallback = Decision("edge", f"{reason};cluster_unavailable:{exc.code}", decision.prompt_tokens)
+            logger.warning(
+                "cluster cannot answer; keeping the edge's answer",
+                extra={"request_id": request_id, "error": exc.message},
+            )
+            if kept is not None:
+                kept.decision, kept.attempts = fallback, cluster.total_attempts
+                return kept
+            again = _RetryLoop(self, request, fallback, request_id, deadline_at, prior_attempts=cluster.total_attempts)
+            return await self._answer(again)
 
     async def _answer(self, loop: _RetryLoop) -> Routed:
         await self.refresh_load(loop.decision.tier)
@@ -269,7 +363,13 @@ class Gateway:
                 await response.aclose()
                 state.in_flight -= 1
             loop.succeeded(state)
-            return Routed(decision, state.endpoint, loop.attempts, completion=completion)
+            return Routed(
+                decision,
+                state.endpoint,
+                loop.total_attempts,
+                completion=completion,
+                upstream_headers=relayed_headers(response.headers),
+            )
 
     async def _stream(self, loop: _RetryLoop) -> Routed:
         """Open a stream and hold the client's response until the first content chunk, so that a
@@ -278,6 +378,12 @@ class Gateway:
         it, sending ``: keep-alive`` comments (see :meth:`_relay`)."""
         while True:
             state, response = await loop.next_response()
+            confidence = _confidence(response.headers)
+            if loop.min_confidence is not None and confidence is not None and confidence < loop.min_confidence:
+                await response.aclose()
+                state.in_flight -= 1
+                loop.succeeded(state)
+                raise _LowConfidence(confidence)
             upstream = _UpstreamStream(response)
             result = await upstream.first_content(
                 min(self.config.keepalive_interval, loop.first_byte_left(state)), loop
@@ -291,8 +397,9 @@ class Gateway:
             return Routed(
                 loop.decision,
                 state.endpoint,
-                loop.attempts,
+                loop.total_attempts,
                 stream=self._relay(loop, state, upstream, content_started=result == "content"),
+                upstream_headers=relayed_headers(response.headers),
             )
 
     async def _relay(
@@ -449,12 +556,25 @@ def has_content(chunk: dict[str, Any]) -> bool:
 
 class _RetryLoop:
     """One request's retry state: attempts per endpoint, endpoints taken out, failure notes,
-    and the deadline (monotonic seconds)."""
+    and the deadline (monotonic seconds). ``prior_attempts`` counts the calls of an earlier loop
+    for the same request (a cascade or a degrade), for ``x-r1edge-attempts``; ``min_confidence``
+    makes a streamed edge answer under it raise :class:`_LowConfidence`; ``extra_headers`` go
+    upstream with every attempt."""
 
     def __init__(
-        self, gateway: Gateway, request: ChatRequest, decision: Decision, request_id: str, deadline_at: float
+        self,
+        gateway: Gateway,
+        request: ChatRequest,
+        decision: Decision,
+        request_id: str,
+        deadline_at: float,
+        prior_attempts: int = 0,
+        min_confidence: float | None = None,
     ) -> None:
         self.gw = gateway
+        self.prior_attempts = prior_attempts
+        self.min_confidence = min_confidence
+        self.extra_headers: dict[str, str] = {}
         self.request = request
         self.decision = decision
         self.request_id = request_id
@@ -471,8 +591,13 @@ class _RetryLoop:
         self.started_at: dict[str, float] = {}
         self.budget = gateway.config.retry.max_attempts * max(1, len(gateway.config.tier_endpoints(decision.tier)))
 
+    @property
+    def total_attempts(self) -> int:
+        """Upstream calls for this request so far, earlier loops included."""
+        return self.prior_attempts + self.attempts
+
     def headers(self, endpoint: str | None = None) -> dict[str, str]:
-        return route_headers(self.decision, endpoint, self.attempts)
+        return route_headers(self.decision, endpoint, self.total_attempts)
 
     def first_byte_left(self, state: EndpointState) -> float:
         started = self.started_at.get(state.endpoint.name, self.gw.clock())
@@ -594,7 +719,9 @@ class _RetryLoop:
         time_left = max(0.001, self.deadline_at - self.gw.clock())
         try:
             with anyio.fail_after(min(time_left, endpoint.timeouts.first_byte + endpoint.timeouts.connect)):
-                response = await self.gw.upstream.open_chat(endpoint, body, upstream_request_id(self.request_id))
+                response = await self.gw.upstream.open_chat(
+                    endpoint, body, upstream_request_id(self.request_id), self.extra_headers
+                )
         except (TimeoutError, httpx.TimeoutException) as exc:
             self.failed(state, f"timeout before headers ({type(exc).__name__})", timeout=True)
             return None

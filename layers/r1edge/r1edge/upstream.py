@@ -119,8 +119,11 @@ class Upstream:
         t = endpoint.timeouts
         return httpx.Timeout(connect=t.connect, read=max(t.first_byte, t.idle), write=t.connect, pool=t.connect)
 
-    async def open_chat(self, endpoint: Endpoint, body: dict[str, Any], request_id: str) -> httpx.Response:
-        """POST ``{url}/chat/completions`` and return once the status and headers have arrived.
+    async def open_chat(
+        self, endpoint: Endpoint, body: dict[str, Any], request_id: str, extra_headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        """POST ``{url}/chat/completions`` (with ``extra_headers``, if any) and return once the
+        status and headers have arrived.
 
         The body is read by the caller, who must ``await response.aclose()``.
 
@@ -135,6 +138,7 @@ class Upstream:
             "accept": "application/json, text/event-stream",
             "content-type": "application/json",
         }
+        headers.update(extra_headers or {})
         headers.update(self.auth_headers(endpoint))
         if endpoint.auth.type == "sigv4":
             headers.update(self.sigv4_headers(endpoint, "POST", url, content))
