@@ -67,7 +67,7 @@ def test_a_low_confidence_edge_answer_is_escalated_and_the_reason_given():
         response = ask(c)
     assert response.json()["choices"][0]["message"]["content"] == "Hello, Anna!"
     assert response.headers["x-r1edge-route"] == "cluster"
-    assert response.headers["x-r1edge-reason"] == "low_confidence:0.310<0.5"
+    assert response.headers["x-r1edge-reason"] == "low_confidence:0.310<0.4"
     assert response.headers["x-r1edge-attempts"] == "2"
     assert "x-r1edge-confidence" not in response.headers  # the cluster's answer has none
     assert [r.url.host for r in fake.calls] == ["edge-a", "r1-a"]
@@ -77,6 +77,8 @@ def test_the_threshold_comes_from_the_config_and_null_turns_the_cascade_off():
     fake = FakeUpstream({"edge-a": [edge_json("hm", "0.3100")], "r1-a": [json_reply(completion("r1"))]})
     with client_for(fake, cascade={"threshold": 0.3}) as c:
         assert ask(c).headers["x-r1edge-route"] == "edge"
+    with client_for(fake, cascade={"threshold": 0.32}) as c:
+        assert ask(c).headers["x-r1edge-reason"] == "low_confidence:0.310<0.32"
     with client_for(fake, cascade={"threshold": None}) as c:
         assert ask(c).headers["x-r1edge-route"] == "edge"
     fake = FakeUpstream({"edge-a": [edge_sse("hm", "0.0100")], "r1-a": [json_reply(completion("r1"))]})
@@ -103,7 +105,7 @@ def test_when_the_cluster_cannot_answer_the_edge_answer_is_kept():
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == "hm"
     assert response.headers["x-r1edge-route"] == "edge"
-    assert response.headers["x-r1edge-reason"] == "low_confidence:0.310<0.5;cluster_unavailable:overloaded"
+    assert response.headers["x-r1edge-reason"] == "low_confidence:0.310<0.4;cluster_unavailable:overloaded"
     assert response.headers["x-r1edge-attempts"] == "2"
 
 
@@ -146,11 +148,11 @@ def test_a_stream_is_judged_on_its_first_tokens_before_anything_reaches_the_clie
         stream=ChunkStream([sse(chunk("Hello, "), chunk("Anna!"), chunk(finish_reason="stop"))]),
     )
     fake = FakeUpstream({"edge-a": [edge_sse("hm", "0.2000", edge_body)], "r1-a": [cluster]})
-    with client_for(fake, cascade={"threshold": 0.5, "stream_window": 12}) as c:
+    with client_for(fake, cascade={"stream_window": 12}) as c:
         response = ask(c, stream=True)
     assert streamed_text(response) == "Hello, Anna!"
     assert response.headers["x-r1edge-route"] == "cluster"
-    assert response.headers["x-r1edge-reason"] == "low_confidence:0.200<0.5"
+    assert response.headers["x-r1edge-reason"] == "low_confidence:0.200<0.4"
     assert fake.calls[0].headers["x-r1edge-confidence-window"] == "12"
     assert "x-r1edge-confidence-window" not in fake.calls[1].headers
     assert edge_body.closed  # the edge stops generating
@@ -177,7 +179,7 @@ def test_a_low_confidence_stream_with_the_cluster_down_is_asked_of_the_edge_agai
         response = ask(c, stream=True)
     assert streamed_text(response) == "hm again"
     assert response.headers["x-r1edge-route"] == "edge"
-    assert response.headers["x-r1edge-reason"] == "low_confidence:0.200<0.5;cluster_unavailable:upstream_error"
+    assert response.headers["x-r1edge-reason"] == "low_confidence:0.200<0.4;cluster_unavailable:upstream_error"
     assert [r.url.host for r in fake.calls] == ["edge-a", "r1-a", "edge-a"]
     assert "x-r1edge-confidence-window" not in fake.calls[2].headers
     assert response.headers["x-r1edge-attempts"] == "3"

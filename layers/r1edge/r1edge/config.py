@@ -153,12 +153,14 @@ class Cascade(_Strict):
 
     Attributes:
         threshold: edge answers whose confidence (geometric mean token probability, 0 to 1)
-            is under this go to the cluster; ``null`` turns the cascade off.
+            is under this go to the cluster; ``null`` turns the cascade off. The default, 0.4,
+            is calibrated on the packaged SmolLM2-135M (``make bench``, bench_cascade.py);
+            calibrate it again for your edge model.
         stream_window: tokens the edge generates before a streamed answer starts, to judge
             it (0: streams are not cascaded). Each token adds to the time to first token.
     """
 
-    threshold: float | None = Field(0.5, ge=0, le=1)
+    threshold: float | None = Field(0.4, ge=0, le=1)
     stream_window: int = Field(8, ge=0, le=256)
 
 
