@@ -23,12 +23,15 @@ In Lambda each container takes one request at a time anyway.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import os
+import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,10 +160,14 @@ class LlamaRuntime:
         # Held by the worker thread for as long as it is inside llama.cpp, whatever happens to the
         # coroutine that started it: a cancelled request can never overlap the next one.
         self._context = threading.Semaphore(1)
-        self._generator_lock = threading.Lock()  # a stream's ``next`` and its ``close`` never overlap
+        # Every llama.cpp call runs on this one thread. llama.cpp's CPU backend parallelises with
+        # OpenMP, which keeps a thread team per calling thread whose idle workers spin for a
+        # while: calls from changing threads leave teams spinning against each other, about
+        # 15 % of decode speed on 2 cores (tests/bench/bench_edge.py measures it).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
 
     def load(self) -> None:
-        """Load the model (blocking; call once, from a worker thread in async code), time the
+        """Load the model (blocking; from async code call it in a worker thread), time the
         import of llama.cpp and the load, and choose the think mode from the chat template.
 
         Raises:
@@ -172,9 +179,9 @@ class LlamaRuntime:
         self.import_seconds = time.perf_counter() - started
         started = time.perf_counter()
         try:
-            self._llama = llama_class(
-                model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False
-            )
+            self._llama = self._executor.submit(
+                llama_class, model_path=str(self.model_path), n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False
+            ).result()
         except ValueError as exc:
             raise ModelError(
                 f"llama.cpp cannot load {self.model_path} ({self.model_path.stat().st_size} bytes): the file is "
@@ -213,13 +220,6 @@ class LlamaRuntime:
         except ValueError as exc:
             raise self._translate(exc) from None
 
-    def _next(self, chunks: Iterator[dict[str, Any]]) -> dict[str, Any] | None:
-        with self._generator_lock:
-            try:
-                return next(chunks, None)
-            except ValueError as exc:  # llama-cpp-python checks the context on the first ``next``
-                raise self._translate(exc) from None
-
     def _begin(self, cancel: threading.Event | None, max_tokens: int | None, stats: GenerationStats) -> None:
         """In a worker thread: take the context (waiting for any abandoned generation to stop)."""
         self._context.acquire()
@@ -228,21 +228,13 @@ class LlamaRuntime:
         self._llama.token_cap = self.max_tokens if max_tokens is None else None
         self._llama.stats = stats
 
-    def _end(self, chunks: Iterator[dict[str, Any]] | None = None) -> None:
-        """In a worker thread: close a stream's generator (after any ``next`` in flight) and free
-        the context."""
-        try:
-            if chunks is not None:
-                with self._generator_lock:
-                    close = getattr(chunks, "close", None)
-                    if close is not None:
-                        close()
-        finally:
-            self._llama.cancel = None
-            self._llama.requested_max_tokens = None
-            self._llama.token_cap = None
-            self._llama.stats = None
-            self._context.release()
+    def _end(self) -> None:
+        """In a worker thread: free the context."""
+        self._llama.cancel = None
+        self._llama.requested_max_tokens = None
+        self._llama.token_cap = None
+        self._llama.stats = None
+        self._context.release()
 
     def _complete_in_thread(
         self, kwargs: dict[str, Any], cancel: threading.Event | None, stats: GenerationStats
@@ -252,6 +244,38 @@ class LlamaRuntime:
             return self._create({**kwargs, "stream": False})
         finally:
             self._end()
+
+    def _produce(
+        self,
+        kwargs: dict[str, Any],
+        cancel: threading.Event,
+        stats: GenerationStats,
+        items: queue.SimpleQueue[tuple[str, Any]],
+        loop: asyncio.AbstractEventLoop,
+        ready: asyncio.Event,
+    ) -> None:
+        """In a worker thread: generate a whole stream into ``items`` without waiting for the
+        consumer (a hand-off per token would sit on every token's critical path), waking the
+        event loop after each chunk; ends with ``("end", None)`` or ``("error", exc)``."""
+        self._begin(cancel, kwargs.get("max_tokens"), stats)
+        try:
+            chunks = self._create({**kwargs, "stream": True})
+            try:
+                for chunk in chunks:
+                    items.put(("chunk", chunk))
+                    loop.call_soon_threadsafe(ready.set)
+                    if cancel.is_set():
+                        break
+            finally:
+                chunks.close()
+            items.put(("end", None))
+        except ValueError as exc:  # llama-cpp-python checks the context on the first ``next``
+            items.put(("error", self._translate(exc)))
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, who raises it
+            items.put(("error", exc))
+        finally:
+            self._end()
+            loop.call_soon_threadsafe(ready.set)
 
     @contextlib.asynccontextmanager
     async def _turn(self) -> AsyncIterator[None]:
@@ -298,9 +322,11 @@ class LlamaRuntime:
             Overloaded: :attr:`max_queue` requests are already waiting.
         """
         async with self._turn():
-            return await anyio.to_thread.run_sync(
+            future = self._executor.submit(
                 self._complete_in_thread, kwargs, cancel, stats if stats is not None else GenerationStats()
             )
+            with anyio.CancelScope(shield=True):  # a cancelled caller still waits for the thread
+                return await asyncio.wrap_future(future)
 
     async def stream(
         self, kwargs: dict[str, Any], stats: GenerationStats | None = None
@@ -320,20 +346,31 @@ class LlamaRuntime:
         """
         stats = stats if stats is not None else GenerationStats()
         async with self._turn():
+            loop = asyncio.get_running_loop()
             cancel = threading.Event()
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._begin, cancel, kwargs.get("max_tokens"), stats)
-            chunks: Iterator[dict[str, Any]] | None = None
+            items: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+            ready = asyncio.Event()
+            future = loop.run_in_executor(self._executor, self._produce, kwargs, cancel, stats, items, loop, ready)
             last: dict[str, Any] | None = None
             try:
-                chunks = await anyio.to_thread.run_sync(self._create, {**kwargs, "stream": True})
-                while (chunk := await anyio.to_thread.run_sync(self._next, chunks)) is not None:
-                    last = chunk
-                    yield chunk
+                while True:
+                    await ready.wait()
+                    ready.clear()
+                    while not items.empty():
+                        kind, item = items.get()
+                        if kind == "error":
+                            raise item
+                        if kind == "end":
+                            break
+                        last = item
+                        yield item
+                    else:
+                        continue
+                    break
             finally:
-                cancel.set()  # a ``next`` still running for a cancelled caller stops at its next token
+                cancel.set()  # the producer stops at its next token
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self._end, chunks)
+                    await asyncio.shield(future)  # ... and frees the context before the next turn
             yield {
                 "id": last["id"] if last else "",
                 "object": "chat.completion.chunk",
