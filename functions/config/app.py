@@ -1,0 +1,94 @@
+"""Config function: ``GET``/``HEAD /v1/configs/{name}`` from S3 with ETags, conditional requests
+and CDN caching (all logic in :mod:`r1edge.configapi`).
+
+``lambda_handler`` takes API Gateway HTTP API (payload 2.0) and REST API (1.0) events, Function
+URL events (Powertools resolvers), and CloudFront origin-request events (:mod:`r1edge.cloudfront`;
+Powertools has no resolver for them). Environment: see :mod:`r1edge.configapi`; the Lambda@Edge
+variant (``edge_handler``) reads ``edge-settings.json`` bundled beside this file instead.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import (
+    APIGatewayHttpResolver,
+    APIGatewayRestResolver,
+    LambdaFunctionUrlResolver,
+    Response,
+)
+from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
+
+from r1edge import cloudfront
+from r1edge.configapi import ROUTE_PREFIX, ConfigResponse, ConfigSettings, serve, store_from_settings
+from r1edge.configstore import ConfigStore
+from r1edge.errors import NotFound, OpenAIError
+
+logger = Logger(service="r1edge-config")
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+@cache
+def _service(edge: bool = False) -> tuple[ConfigSettings, ConfigStore]:
+    """Settings and store, built once per container (boto3 client on first use)."""
+    if edge:
+        settings = cloudfront.load_settings(Path(__file__).with_name(cloudfront.SETTINGS_FILE))
+    else:
+        settings = ConfigSettings.from_env()
+    return settings, store_from_settings(settings)
+
+
+def _answer(edge: bool, method: str, raw_name: str, headers: dict[str, str]) -> ConfigResponse:
+    settings, store = _service(edge)
+    return serve(store, settings, method, raw_name, headers)
+
+
+def _error(exc: OpenAIError) -> Response:
+    return Response(exc.status, "application/json", exc.body(), headers=exc.headers)
+
+
+def _resolver(app: ApiGatewayResolver) -> ApiGatewayResolver:
+    @app.route(ROUTE_PREFIX + ".+", method=METHODS)
+    def configs() -> Response:
+        event = app.current_event
+        answer = _answer(False, event.http_method, event.path[len(ROUTE_PREFIX) :], dict(event.headers or {}))
+        return Response(answer.status, None, answer.body, headers=answer.headers)
+
+    @app.exception_handler(OpenAIError)
+    def openai_error(exc: OpenAIError) -> Response:
+        return _error(exc)
+
+    @app.not_found
+    def not_found(exc: Exception) -> Response:
+        return _error(NotFound(f"No route for {app.current_event.path}; configs are under {ROUTE_PREFIX}."))
+
+    return app
+
+
+http_api = _resolver(APIGatewayHttpResolver())
+rest_api = _resolver(APIGatewayRestResolver())
+function_url = _resolver(LambdaFunctionUrlResolver())
+
+
+@logger.inject_lambda_context
+def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Dispatch by event shape: CloudFront ``Records[0].cf``, payload 2.0 (a Function URL when
+    its ``domainName`` is a ``lambda-url`` one, else HTTP API), or REST API 1.0."""
+    records = event.get("Records")
+    if records and isinstance(records, list) and "cf" in records[0]:
+        return cloudfront.handle_origin_request(event, lambda m, n, h: _answer(False, m, n, h))
+    if event.get("version") == "2.0":
+        domain = str((event.get("requestContext") or {}).get("domainName", ""))
+        app = function_url if ".lambda-url." in domain else http_api
+        return app.resolve(event, context)
+    if "httpMethod" in event:
+        return rest_api.resolve(event, context)
+    raise ValueError("unsupported event: expected API Gateway, Function URL or CloudFront origin-request")
+
+
+def edge_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Lambda@Edge origin-request trigger (settings from the bundled ``edge-settings.json``)."""
+    return cloudfront.handle_origin_request(event, lambda m, n, h: _answer(True, m, n, h))
