@@ -191,7 +191,10 @@ class Gateway:
         self.sleep = sleep
         self.wall_clock = wall_clock
         self.rng = rng or random.Random()
-        self.pool = Pool(
+        self.pool = self._pool(config)
+
+    def _pool(self, config: RoutingConfig) -> Pool:
+        return Pool(
             config.endpoints,
             BreakerSettings(**config.breaker.model_dump()),
             latency_threshold=config.latency.threshold,
@@ -199,6 +202,20 @@ class Gateway:
             load_target=config.load.target,
             rng=self.rng,
         )
+
+    def reconfigure(self, config: RoutingConfig) -> None:
+        """Use a new routing config from the next request on. An endpoint whose settings (and
+        the breaker and load settings) did not change keeps its state — breaker, latency
+        estimate, load reading, requests in flight; requests already running finish as they began."""
+        old_config, old_states = self.config, self.pool.states
+        self.config = config
+        self.pool = self._pool(config)
+        if config.breaker != old_config.breaker or config.load.target != old_config.load.target:
+            return
+        for name, state in self.pool.states.items():
+            previous = old_states.get(name)
+            if previous is not None and previous.endpoint == state.endpoint:
+                self.pool.states[name] = previous
 
     async def refresh_load(self, tier: str) -> None:
         """Re-read ``/metrics`` of the tier's endpoints that have ``metrics: true`` and whose last

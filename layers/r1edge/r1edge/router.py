@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -26,6 +27,7 @@ from r1edge.errors import ConfigError
 from r1edge.gateway import Gateway
 from r1edge.lambda_context import in_lambda, request_deadline
 from r1edge.relay import SSE_HEADERS
+from r1edge.reload import ConfigReloader
 from r1edge.upstream import Upstream
 from r1edge.validation import parse_json_body, validate_chat_request
 
@@ -47,12 +49,16 @@ def create_app(
     config: RoutingConfig | None = None,
     upstream: Upstream | None = None,
     wall_clock: Callable[[], float] = time.time,
+    reloader: ConfigReloader | None = None,
     **gateway_options: Any,
 ) -> Starlette:
     """Build the router app.
 
     Args:
-        config: the routing config; default: :func:`config_from_env` at startup.
+        config: the routing config; default: :func:`config_from_env` at startup, or, when
+            ``R1EDGE_CONFIG`` is ``s3://…``, a :class:`~r1edge.reload.ConfigReloader` that
+            re-reads it every ``R1EDGE_CONFIG_MAX_AGE`` seconds (default 60).
+        reloader: a config reloader to use instead (tests inject one).
         upstream: the HTTP transport; default: a new pooled :class:`~r1edge.upstream.Upstream`,
             closed at shutdown.
         wall_clock: seconds since the epoch, for the Lambda deadline (injected in tests).
@@ -63,9 +69,14 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         own_upstream = upstream is None
-        app.state.gateway = Gateway(
-            config or config_from_env(), upstream or Upstream(), wall_clock=wall_clock, **gateway_options
-        )
+        live = reloader
+        source = os.environ.get("R1EDGE_CONFIG", "")
+        if config is None and live is None and source.startswith("s3://"):
+            max_age = float(os.environ.get("R1EDGE_CONFIG_MAX_AGE", "60"))
+            live = await anyio.to_thread.run_sync(lambda: ConfigReloader(source, max_age, dict(os.environ)))
+        app.state.reloader = live
+        initial = config or (live.config if live is not None else config_from_env())
+        app.state.gateway = Gateway(initial, upstream or Upstream(), wall_clock=wall_clock, **gateway_options)
         app.state.created = int(time.time())
         try:
             yield
@@ -73,8 +84,18 @@ def create_app(
             if own_upstream:
                 await app.state.gateway.upstream.aclose()
 
-    async def chat_completions(request: Request) -> Response:
+    async def current(request: Request) -> Gateway:
+        """The gateway, reconfigured first when a reloaded routing config changed."""
         gateway: Gateway = request.app.state.gateway
+        live: ConfigReloader | None = request.app.state.reloader
+        if live is not None and live.due:
+            latest = await anyio.to_thread.run_sync(live.refresh)
+            if latest is not gateway.config:
+                gateway.reconfigure(latest)
+        return gateway
+
+    async def chat_completions(request: Request) -> Response:
+        gateway = await current(request)
         raw = await web.read_body(request, gateway.config.max_body_bytes)
         chat = validate_chat_request(parse_json_body(raw))
         context = request.headers.get("x-amzn-lambda-context") if in_lambda(os.environ) else None
@@ -96,7 +117,7 @@ def create_app(
         return JSONResponse(routed.completion, headers=routed.headers())
 
     async def models(request: Request) -> Response:
-        gateway: Gateway = request.app.state.gateway
+        gateway = await current(request)
         created = request.app.state.created
         data = [
             {"id": name, "object": "model", "created": created, "owned_by": "r1edge"}
@@ -108,7 +129,7 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     async def health(request: Request) -> Response:
-        gateway: Gateway = request.app.state.gateway
+        gateway = await current(request)
         results = await gateway.upstream.probe_all(gateway.config.endpoints)
         ok = all(r == "ok" for r in results.values())
         return JSONResponse(
