@@ -99,9 +99,19 @@ def fetch_model(source: str, dest: str, sha256: str | None = None, s3: Any = Non
         raise ModelError(f"--sha256 must be 64 hex characters, got {sha256!r}")
     sha256 = sha256.lower() if sha256 else None
     to_s3 = dest.startswith("s3://")
-    workdir = Path(tempfile.gettempdir()) if to_s3 else Path(dest).parent
-    workdir.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=".fetch-", suffix=".gguf.part", dir=workdir)
+    # Check the destination before a download that may take minutes.
+    if to_s3:
+        bucket, key = _s3_parts(dest)
+        workdir = Path(tempfile.gettempdir())
+    else:
+        if dest.endswith("/") or Path(dest).is_dir():
+            raise ModelError(f"destination {dest} is a directory; name the file, e.g. {dest.rstrip('/')}/model.gguf")
+        workdir = Path(dest).parent
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".fetch-", suffix=".gguf.part", dir=workdir)
+    except OSError as exc:
+        raise ModelError(f"cannot write beside {dest}: {exc}") from None
     os.close(fd)
     partial = Path(name)
     try:
@@ -109,12 +119,14 @@ def fetch_model(source: str, dest: str, sha256: str | None = None, s3: Any = Non
         check_model_file(partial, sha256)
         digest = sha256 or sha256_file(partial)
         size = partial.stat().st_size
-        if to_s3:
-            bucket, key = _s3_parts(dest)
-            # boto3's managed transfer: multipart for large files, never the whole file in memory.
-            _s3_client(s3).upload_file(str(partial), bucket, key, ExtraArgs={"Metadata": {"sha256": digest}})
-        else:
-            os.replace(partial, dest)
+        try:
+            if to_s3:
+                # boto3's managed transfer: multipart for large files, never the whole file in memory.
+                _s3_client(s3).upload_file(str(partial), bucket, key, ExtraArgs={"Metadata": {"sha256": digest}})
+            else:
+                os.replace(partial, dest)
+        except Exception as exc:  # noqa: BLE001 - boto3 and OS errors alike: say what failed
+            raise ModelError(f"cannot write {dest}: {type(exc).__name__}: {exc}") from None
     finally:
         partial.unlink(missing_ok=True)
     return {"dest": dest, "bytes": size, "sha256": digest}
@@ -126,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dest", help="local path (e.g. /opt/models/model.gguf) or s3://bucket/key")
     parser.add_argument("--sha256", help="expected SHA-256 (hex); refused on mismatch")
     args = parser.parse_args(argv)
+    if not args.sha256:
+        print(
+            "warning: no --sha256: only the GGUF magic bytes are checked, so a download cut short by a "
+            "server that sent no Content-Length would pass; check the printed SHA-256 against the publisher's",
+            file=sys.stderr,
+        )
     try:
         print(json.dumps(fetch_model(args.source, args.dest, args.sha256)))
     except ModelError as exc:

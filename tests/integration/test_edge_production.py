@@ -75,7 +75,7 @@ def test_json_and_stream_answers_carry_the_confidence_headers(client, runtime):
     body = {"messages": PROMPT, "max_tokens": 8, "temperature": 0, "logit_bias": no_eos(runtime), "stream": True}
     with client.stream("POST", "/v1/chat/completions", json=body) as plain:
         assert plain.status_code == 200
-        assert int(plain.headers["x-r1edge-confidence-tokens"]) < 5  # sent with the first token
+        assert "x-r1edge-confidence" not in plain.headers  # a token or two: no figure worth sending
         plain_text = "".join(c["choices"][0]["delta"].get("content") or "" for c in sse_events(plain) if c["choices"])
     headers = {"x-r1edge-confidence-window": "5"}
     with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as held:
@@ -87,7 +87,7 @@ def test_json_and_stream_answers_carry_the_confidence_headers(client, runtime):
     assert events[-1]["choices"][0]["finish_reason"] == "length"
 
 
-@pytest.mark.parametrize("value", ["-1", "abc", "257", "1e3", "٣".encode()])
+@pytest.mark.parametrize("value", ["-1", "abc", "257", "1e3", "٣".encode(), "0" * 5000 + "1"])
 def test_a_bad_confidence_window_header_is_400(client, value):
     response = client.post(
         "/v1/chat/completions",
@@ -100,17 +100,22 @@ def test_a_bad_confidence_window_header_is_400(client, value):
 
 def test_max_tokens_above_the_cap_is_clamped_and_said_in_a_header(client, runtime):
     over = client.post(
-        "/v1/chat/completions", json={"messages": PROMPT, "max_tokens": 50, "logit_bias": no_eos(runtime)}
+        "/v1/chat/completions",
+        json={"messages": PROMPT, "max_tokens": 50, "temperature": 0, "logit_bias": no_eos(runtime)},
     )
     assert over.status_code == 200
     assert over.headers["x-r1edge-max-tokens-clamped"] == "8"
     assert over.json()["usage"]["completion_tokens"] == 8
     assert over.json()["choices"][0]["finish_reason"] == "length"
     # No max_tokens: the cap is the limit, and nothing was clamped.
-    unset = client.post("/v1/chat/completions", json={"messages": PROMPT, "logit_bias": no_eos(runtime)})
+    unset = client.post(
+        "/v1/chat/completions", json={"messages": PROMPT, "temperature": 0, "logit_bias": no_eos(runtime)}
+    )
     assert "x-r1edge-max-tokens-clamped" not in unset.headers
     assert unset.json()["usage"]["completion_tokens"] == 8
     assert unset.json()["choices"][0]["finish_reason"] == "length"
+    # the capped answer is all there (llama-cpp-python's own max_tokens stops it, not a cut)
+    assert unset.json()["choices"][0]["message"]["content"] == over.json()["choices"][0]["message"]["content"] != ""
     with client.stream(
         "POST",
         "/v1/chat/completions",
@@ -201,3 +206,37 @@ def test_cold_start_times_are_logged_and_emitted_as_emf_metrics(capsys):
     assert names == {"ModelImportTime": "Milliseconds", "ModelLoadTime": "Milliseconds"}
     assert emf["ModelLoadTime"] == [pytest.approx(rt.load_seconds * 1000)]
     assert emf["model"] == "SmolLM2-135M-Instruct.Q4_1"
+
+
+def test_a_stream_client_that_leaves_while_queued_frees_its_place():
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+    from run import free_port
+
+    rt = loaded(max_queue=1)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}/v1/chat/completions"
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        endless = {"messages": PROMPT, "max_tokens": 1500, "logit_bias": no_eos(rt), "stream": True}
+        with httpx.stream("POST", base, json=endless, timeout=30) as busy:
+            lines = busy.iter_lines()  # kept: a dropped iterator closes the response
+            next(lines)  # the model is taken
+            with pytest.raises(httpx.ReadTimeout):  # queued behind it, then gives up
+                httpx.post(base, json={"messages": PROMPT, "max_tokens": 2, "stream": True}, timeout=0.5)
+            deadline = time.monotonic() + 5
+            while rt._waiting and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert rt._waiting == 0  # its place in the queue is free again
+        assert httpx.post(base, json={"messages": PROMPT, "max_tokens": 2}, timeout=30).status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -67,7 +67,7 @@ def test_a_low_confidence_edge_answer_is_escalated_and_the_reason_given():
         response = ask(c)
     assert response.json()["choices"][0]["message"]["content"] == "Hello, Anna!"
     assert response.headers["x-r1edge-route"] == "cluster"
-    assert response.headers["x-r1edge-reason"] == "low_confidence:0.310<0.4"
+    assert response.headers["x-r1edge-reason"] == "low_confidence:0.3100<0.4"
     assert response.headers["x-r1edge-attempts"] == "2"
     assert "x-r1edge-confidence" not in response.headers  # the cluster's answer has none
     assert [r.url.host for r in fake.calls] == ["edge-a", "r1-a"]
@@ -78,7 +78,7 @@ def test_the_threshold_comes_from_the_config_and_null_turns_the_cascade_off():
     with client_for(fake, cascade={"threshold": 0.3}) as c:
         assert ask(c).headers["x-r1edge-route"] == "edge"
     with client_for(fake, cascade={"threshold": 0.32}) as c:
-        assert ask(c).headers["x-r1edge-reason"] == "low_confidence:0.310<0.32"
+        assert ask(c).headers["x-r1edge-reason"] == "low_confidence:0.3100<0.32"
     with client_for(fake, cascade={"threshold": None}) as c:
         assert ask(c).headers["x-r1edge-route"] == "edge"
     fake = FakeUpstream({"edge-a": [edge_sse("hm", "0.0100")], "r1-a": [json_reply(completion("r1"))]})
@@ -105,7 +105,7 @@ def test_when_the_cluster_cannot_answer_the_edge_answer_is_kept():
     assert response.status_code == 200
     assert response.json()["choices"][0]["message"]["content"] == "hm"
     assert response.headers["x-r1edge-route"] == "edge"
-    assert response.headers["x-r1edge-reason"] == "low_confidence:0.310<0.4;cluster_unavailable:overloaded"
+    assert response.headers["x-r1edge-reason"] == "low_confidence:0.3100<0.4;cluster_unavailable:overloaded"
     assert response.headers["x-r1edge-attempts"] == "2"
 
 
@@ -152,7 +152,7 @@ def test_a_stream_is_judged_on_its_first_tokens_before_anything_reaches_the_clie
         response = ask(c, stream=True)
     assert streamed_text(response) == "Hello, Anna!"
     assert response.headers["x-r1edge-route"] == "cluster"
-    assert response.headers["x-r1edge-reason"] == "low_confidence:0.200<0.4"
+    assert response.headers["x-r1edge-reason"] == "low_confidence:0.2000<0.4"
     assert fake.calls[0].headers["x-r1edge-confidence-window"] == "12"
     assert "x-r1edge-confidence-window" not in fake.calls[1].headers
     assert edge_body.closed  # the edge stops generating
@@ -179,7 +179,7 @@ def test_a_low_confidence_stream_with_the_cluster_down_is_asked_of_the_edge_agai
         response = ask(c, stream=True)
     assert streamed_text(response) == "hm again"
     assert response.headers["x-r1edge-route"] == "edge"
-    assert response.headers["x-r1edge-reason"] == "low_confidence:0.200<0.4;cluster_unavailable:upstream_error"
+    assert response.headers["x-r1edge-reason"] == "low_confidence:0.2000<0.4;cluster_unavailable:upstream_error"
     assert [r.url.host for r in fake.calls] == ["edge-a", "r1-a", "edge-a"]
     assert "x-r1edge-confidence-window" not in fake.calls[2].headers
     assert response.headers["x-r1edge-attempts"] == "3"
@@ -197,3 +197,34 @@ def test_the_edges_clamp_header_reaches_the_client():
     fake = FakeUpstream({"edge-a": [edge_json("hi", "0.9", **{"x-r1edge-max-tokens-clamped": "1024"})]})
     with client_for(fake) as c:
         assert ask(c, model="edge", max_tokens=4000).headers["x-r1edge-max-tokens-clamped"] == "1024"
+
+
+def test_the_kept_edge_answer_survives_any_cluster_error_even_at_the_deadline():
+    clock = FakeClock()
+
+    def slow_then_timeout(request):
+        clock.offset += 400  # the cluster uses up the whole deadline
+        raise httpx.ReadTimeout("slow")
+
+    bad = json_reply({"error": {"message": "unsupported", "param": "top_k", "code": "unsupported_parameter"}}, 400)
+    for cluster_reply in (slow_then_timeout, bad):
+        fake = FakeUpstream({"edge-a": [edge_json("hm", "0.3100")], "r1-a": [cluster_reply]})
+        cfg = config(endpoint("edge-a", "edge"), endpoint("r1-a", "cluster"), retry={"max_attempts": 1})
+        with TestClient(create_app(cfg, fake.upstream(), **clock.options())) as c:
+            response = ask(c)
+        assert response.status_code == 200
+        assert response.json()["choices"][0]["message"]["content"] == "hm"
+        assert response.headers["x-r1edge-reason"].startswith("low_confidence:0.3100<0.4;cluster_unavailable:")
+
+
+def test_a_busy_edge_is_not_retried_before_the_cluster_is_asked():
+    busy = json_reply({"error": {"message": "busy"}}, status=503, headers={"Retry-After": "1"})
+    fake = FakeUpstream({"edge-a": [busy], "r1-a": [json_reply(completion("r1"))]})
+    clock = FakeClock()
+    cfg = config(endpoint("edge-a", "edge"), endpoint("r1-a", "cluster"))  # retry.max_attempts 4
+    with TestClient(create_app(cfg, fake.upstream(), **clock.options())) as c:
+        response = ask(c)
+    assert response.headers["x-r1edge-route"] == "cluster"
+    assert response.headers["x-r1edge-reason"] == "edge_unavailable:overloaded"
+    assert [r.url.host for r in fake.calls] == ["edge-a", "r1-a"]
+    assert clock.sleeps == []  # no backoff spent on the edge

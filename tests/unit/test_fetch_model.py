@@ -116,3 +116,28 @@ def test_the_edge_loads_and_runs_a_model_uploaded_to_s3(tmp_path, s3):
     answer = asyncio.run(runtime.complete({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}))
     assert answer["usage"]["completion_tokens"] >= 1
     assert runtime.model_id == path.stem
+
+
+@pytest.mark.parametrize("kind", ["directory", "trailing-slash", "parent-is-a-file"])
+def test_a_bad_destination_is_a_clear_error_before_any_download(source, tmp_path, kind):
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+    dest = {
+        "directory": tmp_path / "dir",
+        "trailing-slash": f"{tmp_path}/new/",
+        "parent-is-a-file": tmp_path / "file" / "m.gguf",
+    }[kind]
+    with pytest.raises(ModelError, match=r"directory|cannot write"):
+        fetch_model(str(source), str(dest))
+
+
+def test_an_s3_destination_that_cannot_be_written_is_a_clear_error(source, s3):
+    with pytest.raises(ModelError, match=r"cannot write s3://no-such-bucket/m\.gguf"):
+        fetch_model(str(source), "s3://no-such-bucket/m.gguf", s3=s3)
+    with pytest.raises(ModelError, match="s3://bucket/key"):
+        fetch_model(str(source), "s3://only-bucket", s3=s3)
+
+
+def test_without_a_sha256_the_cli_warns(source, tmp_path, capsys):
+    assert main([str(source), str(tmp_path / "m.gguf")]) == 0
+    assert "no --sha256" in capsys.readouterr().err

@@ -10,10 +10,11 @@ Environment: the model (``MODEL_PATH``, ``MODEL_URI``, ``MODEL_SHA256``; see
 
 Response headers beyond OpenAI's: ``x-r1edge-confidence`` (the geometric mean probability of the
 generated tokens, see :class:`r1edge.runtime.GenerationStats`) and ``x-r1edge-confidence-tokens``
-(how many tokens it covers); ``x-r1edge-max-tokens-clamped`` (the cap used, when the request
-asked for more). A streamed request with ``x-r1edge-confidence-window: N`` (sent by the router
-for cascaded ``auto`` requests) holds its response until N tokens are generated (or the answer
-ends), so the confidence of that prefix can go in the headers.
+(how many tokens it covers), on JSON answers and on streams that asked for a window;
+``x-r1edge-max-tokens-clamped`` (the cap used, when the request asked for more). A streamed
+request with ``x-r1edge-confidence-window: N`` (sent by the router for cascaded ``auto``
+requests) holds its response until N tokens are generated (or the answer ends), so the
+confidence of that prefix can go in the headers.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def completion_kwargs(chat: ChatRequest, model_id: str, max_tokens_cap: int | No
     ``developer`` messages become ``system`` (the chat templates of small models know only
     system/user/assistant); content-part arrays are joined into one string. ``max_tokens``
     above ``max_tokens_cap`` is clamped to it (the handler says so in a header); absent, it
-    stays ``None`` and the runtime stops at its cap with ``finish_reason: "length"``.
+    stays ``None`` and the runtime's cap is the limit (``finish_reason: "length"`` when hit).
 
     Raises:
         InvalidRequest: features this edge model does not serve — ``n`` other than 1, ``tools``
@@ -157,7 +158,7 @@ def confidence_window(request: Request) -> int:
         InvalidRequest: not an integer from 0 to :data:`MAX_CONFIDENCE_WINDOW`.
     """
     raw = request.headers.get(CONFIDENCE_WINDOW_HEADER, "0").strip()
-    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_CONFIDENCE_WINDOW:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 3 or int(raw) > MAX_CONFIDENCE_WINDOW:
         raise InvalidRequest(
             f"Header {CONFIDENCE_WINDOW_HEADER} must be an integer from 0 to {MAX_CONFIDENCE_WINDOW}.",
             param=None,
@@ -250,19 +251,29 @@ def create_app(runtime: LlamaRuntime | None = None, max_body_bytes: int | None =
             return JSONResponse(split_message(completion, rt.think_mode), headers=headers)
         include_usage = bool((chat.body.get("stream_options") or {}).get("include_usage"))
         chunks = rt.stream(kwargs, stats)
-        # Context-length and queue refusals surface at the first chunk, before any byte is sent.
-        held = [await anext(chunks)]
-        try:
+
+        async def hold() -> list[dict[str, Any]]:
+            # Context-length and queue refusals surface at the first chunk, before any byte is sent.
+            held = [await anext(chunks)]
             while stats.completion_tokens < window and not held[-1].get("usage"):
                 held.append(await anext(chunks))
+            return held
+
+        try:  # a client that leaves while queued or held frees its place and stops its generation
+            held = await web.unless_disconnected(request, hold)
+        except web.ClientDisconnected:
+            await chunks.aclose()  # type: ignore[attr-defined]
+            return Response(status_code=web.CLIENT_CLOSED_REQUEST)
         except BaseException:
             await chunks.aclose()  # type: ignore[attr-defined]
             raise
+        if window:  # without a window the figure would cover a token or two: not worth a header
+            headers.update(confidence_headers(stats))
         splitter = None if rt.think_mode is ThinkMode.OFF else ThinkSplitter(rt.think_mode)
         return web.ClosingStreamingResponse(
             _sse(held, chunks, include_usage, splitter),
             media_type="text/event-stream",
-            headers={**SSE_HEADERS, **headers, **confidence_headers(stats)},
+            headers={**SSE_HEADERS, **headers},
         )
 
     async def models(request: Request) -> Response:

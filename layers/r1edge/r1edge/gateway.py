@@ -317,14 +317,20 @@ class Gateway:
         cascade = self.config.cascade
         window = cascade.stream_window if request.stream and cascade.threshold is not None else 0
         edge = _RetryLoop(
-            self, request, decision, request_id, deadline_at, min_confidence=cascade.threshold if window else None
+            self,
+            request,
+            decision,
+            request_id,
+            deadline_at,
+            min_confidence=cascade.threshold if window else None,
+            attempts_per_endpoint=1,  # the cluster is the fallback: no backoff on a busy edge
         )
         edge.extra_headers = {"x-r1edge-confidence-window": str(window)} if window else {}
         kept: Routed | None = None
         try:
             routed = await self._answer(edge)
         except _LowConfidence as low:
-            reason = f"low_confidence:{low.confidence:.3f}<{cascade.threshold:g}"
+            reason = f"low_confidence:{low.confidence:.4f}<{cascade.threshold:g}"
         except (Overloaded, RateLimited, UpstreamError, UpstreamTimeout) as exc:
             reason = f"edge_unavailable:{exc.code}"
         except OpenAIError as exc:
@@ -337,24 +343,26 @@ class Gateway:
                 return routed
             if confidence >= cascade.threshold:
                 return routed
-            reason = f"low_confidence:{confidence:.3f}<{cascade.threshold:g}"
+            reason = f"low_confidence:{confidence:.4f}<{cascade.threshold:g}"
             kept = routed
         logger.info("escalating to the cluster", extra={"request_id": request_id, "reason": reason})
         escalated = Decision("cluster", reason, decision.prompt_tokens)
         cluster = _RetryLoop(self, request, escalated, request_id, deadline_at, prior_attempts=edge.total_attempts)
         try:
             return await self._answer(cluster)
-        except (Overloaded, RateLimited, UpstreamError, UpstreamTimeout) as exc:
-            if reason == "edge_context_length" or reason.startswith("edge_unavailable") or self.clock() >= deadline_at:
+        except OpenAIError as exc:
+            if kept is not None:  # the edge's complete answer beats any cluster error
+                logger.warning(
+                    "cluster cannot answer; keeping the edge's answer",
+                    extra={"request_id": request_id, "error": exc.message},
+                )
+                kept.decision = Decision("edge", f"{reason};cluster_unavailable:{exc.code}", decision.prompt_tokens)
+                kept.attempts = cluster.total_attempts
+                return kept
+            retryable = isinstance(exc, (Overloaded, RateLimited, UpstreamError, UpstreamTimeout))
+            if not retryable or not reason.startswith("low_confidence") or self.clock() >= deadline_at:
                 raise
             fallback = Decision("edge", f"{reason};cluster_unavailable:{exc.code}", decision.prompt_tokens)
-            logger.warning(
-                "cluster cannot answer; keeping the edge's answer",
-                extra={"request_id": request_id, "error": exc.message},
-            )
-            if kept is not None:
-                kept.decision, kept.attempts = fallback, cluster.total_attempts
-                return kept
             again = _RetryLoop(self, request, fallback, request_id, deadline_at, prior_attempts=cluster.total_attempts)
             return await self._answer(again)
 
@@ -587,8 +595,10 @@ class _RetryLoop:
         deadline_at: float,
         prior_attempts: int = 0,
         min_confidence: float | None = None,
+        attempts_per_endpoint: int | None = None,
     ) -> None:
         self.gw = gateway
+        self.max_attempts = attempts_per_endpoint or gateway.config.retry.max_attempts
         self.prior_attempts = prior_attempts
         self.min_confidence = min_confidence
         self.extra_headers: dict[str, str] = {}
@@ -606,7 +616,7 @@ class _RetryLoop:
         self.forced_probe_used = False
         self.current: EndpointState
         self.started_at: dict[str, float] = {}
-        self.budget = gateway.config.retry.max_attempts * max(1, len(gateway.config.tier_endpoints(decision.tier)))
+        self.budget = self.max_attempts * max(1, len(gateway.config.tier_endpoints(decision.tier)))
 
     @property
     def total_attempts(self) -> int:
@@ -703,7 +713,7 @@ class _RetryLoop:
                 break
             self.forced_probe_used = self.forced_probe_used or forced
             name = state.endpoint.name
-            if self.tried.get(name, 0) >= gw.config.retry.max_attempts:
+            if self.tried.get(name, 0) >= self.max_attempts:
                 self.excluded.add(name)  # this endpoint has had its retries
                 continue
             if self.tried.get(name):

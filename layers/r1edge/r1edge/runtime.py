@@ -71,8 +71,8 @@ class GenerationStats:
 
 def _counting_llama_class() -> type:
     """A ``llama_cpp.Llama`` subclass that records each generation's token counts and token
-    log-probabilities into a :class:`GenerationStats`, stops at a cancel event or a token cap,
-    and refuses a prompt plus ``max_tokens`` that does not fit the context."""
+    log-probabilities into a :class:`GenerationStats`, stops at a cancel event, and refuses a
+    prompt plus an explicit ``max_tokens`` that does not fit the context."""
     import llama_cpp
     import numpy as np
 
@@ -80,7 +80,6 @@ def _counting_llama_class() -> type:
         stats: GenerationStats | None = None
         cancel: threading.Event | None = None  # set: stop generating at the next token
         requested_max_tokens: int | None = None
-        token_cap: int | None = None  # stop (finish_reason "length") after this many tokens
 
         def _token_logprob(self, token: int) -> float:
             logits = np.ctypeslib.as_array(self._ctx.get_logits_ith(-1), shape=(self._n_vocab,))
@@ -109,9 +108,6 @@ def _counting_llama_class() -> type:
                     inner.close()
                     return
                 eog = llama_cpp.llama_vocab_is_eog(self._model.vocab, token)
-                if not eog and self.token_cap is not None and stats.completion_tokens >= self.token_cap:
-                    inner.close()  # llama-cpp-python then reports finish_reason "length"
-                    return
                 stats.logprob_sum += self._token_logprob(token)
                 stats.scored_tokens += 1
                 if not eog:
@@ -220,28 +216,32 @@ class LlamaRuntime:
         except ValueError as exc:
             raise self._translate(exc) from None
 
-    def _begin(self, cancel: threading.Event | None, max_tokens: int | None, stats: GenerationStats) -> None:
-        """In a worker thread: take the context (waiting for any abandoned generation to stop)."""
+    def _begin(self, cancel: threading.Event | None, kwargs: dict[str, Any], stats: GenerationStats) -> dict[str, Any]:
+        """In a worker thread: take the context (waiting for any abandoned generation to stop),
+        and return the call's arguments. A request's own ``max_tokens`` must fit the context
+        with the prompt (refused otherwise, as OpenAI does); without one, :attr:`max_tokens` is
+        the limit, which llama-cpp-python shortens to what the context has room for."""
         self._context.acquire()
         self._llama.cancel = cancel
-        self._llama.requested_max_tokens = max_tokens
-        self._llama.token_cap = self.max_tokens if max_tokens is None else None
+        self._llama.requested_max_tokens = kwargs.get("max_tokens")
         self._llama.stats = stats
+        if kwargs.get("max_tokens") is None:
+            return {**kwargs, "max_tokens": self.max_tokens}
+        return kwargs
 
     def _end(self) -> None:
         """In a worker thread: free the context."""
         self._llama.cancel = None
         self._llama.requested_max_tokens = None
-        self._llama.token_cap = None
         self._llama.stats = None
         self._context.release()
 
     def _complete_in_thread(
         self, kwargs: dict[str, Any], cancel: threading.Event | None, stats: GenerationStats
     ) -> Any:
-        self._begin(cancel, kwargs.get("max_tokens"), stats)
+        call = self._begin(cancel, kwargs, stats)
         try:
-            return self._create({**kwargs, "stream": False})
+            return self._create({**call, "stream": False})
         finally:
             self._end()
 
@@ -257,9 +257,9 @@ class LlamaRuntime:
         """In a worker thread: generate a whole stream into ``items`` without waiting for the
         consumer (a hand-off per token would sit on every token's critical path), waking the
         event loop after each chunk; ends with ``("end", None)`` or ``("error", exc)``."""
-        self._begin(cancel, kwargs.get("max_tokens"), stats)
+        call = self._begin(cancel, kwargs, stats)
         try:
-            chunks = self._create({**kwargs, "stream": True})
+            chunks = self._create({**call, "stream": True})
             try:
                 for chunk in chunks:
                     items.put(("chunk", chunk))
