@@ -46,6 +46,15 @@ def _answer(edge: bool, method: str, raw_name: str, headers: dict[str, str]) -> 
     return serve(store, settings, method, raw_name, headers)
 
 
+def _body(raw: bytes) -> str | bytes:
+    """Text as ``str``, so Powertools sends it as is (it would re-serialise JSON given bytes);
+    anything else as ``bytes``, which Powertools base64-encodes."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
 def _error(exc: OpenAIError) -> Response:
     return Response(exc.status, "application/json", exc.body(), headers=exc.headers)
 
@@ -55,7 +64,7 @@ def _resolver(app: ApiGatewayResolver) -> ApiGatewayResolver:
     def configs() -> Response:
         event = app.current_event
         answer = _answer(False, event.http_method, event.path[len(ROUTE_PREFIX) :], dict(event.headers or {}))
-        return Response(answer.status, None, answer.body, headers=answer.headers)
+        return Response(answer.status, None, _body(answer.body), headers=answer.headers)
 
     @app.exception_handler(OpenAIError)
     def openai_error(exc: OpenAIError) -> Response:

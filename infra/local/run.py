@@ -5,8 +5,11 @@
 Full stack (``make run``): the edge model server (``functions/edge``, the packaged SmolLM2 with a
 2048-token context) and a cluster stand-in — the third-party ``python -m llama_cpp.server``
 serving the same GGUF file with ``n_ctx`` 8192 — each on a free port, and the router on
-``127.0.0.1:PORT`` with a generated routing config that wires them together. ``R1EDGE_CONFIG``
-(or ``--config``) replaces the generated config, and then only the router starts.
+``127.0.0.1:PORT`` with a generated routing config that wires them together. A local S3 (a moto
+server) holds the config bucket, seeded from ``infra/local/configs/`` and the generated routing
+config, and the router's port also serves ``/v1/configs/*`` through the config function's
+handler (``infra/local/localapp.py``). ``R1EDGE_CONFIG`` (or ``--config``) replaces the
+generated config, and then only the router starts.
 
 Router only (``make run-router``): just the router, against the endpoints of ``--config``.
 
@@ -108,14 +111,14 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def uvicorn_argv(function: str, host: str, port: int) -> list[str]:
+def uvicorn_argv(function: str, host: str, port: int, app_dir: Path | None = None) -> list[str]:
     return [
         sys.executable,
         "-m",
         "uvicorn",
-        "app:app",
+        f"{function}:app" if app_dir else "app:app",
         "--app-dir",
-        str(ROOT / "functions" / function),
+        str(app_dir or ROOT / "functions" / function),
         "--host",
         host,
         "--port",
@@ -124,6 +127,35 @@ def uvicorn_argv(function: str, host: str, port: int) -> list[str]:
         "--timeout-graceful-shutdown",
         "1",
     ]
+
+
+CONFIG_BUCKET = "r1edge-configs"
+CONFIG_PREFIX = "configs/"
+SEED = Path(__file__).resolve().parent / "configs"
+#: Credentials for the local moto server (it accepts any).
+MOTO_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def seed_configs(endpoint: str, routing: str) -> int:
+    """Create the config bucket in the local S3 and upload ``infra/local/configs/`` under
+    ``configs/``, plus the generated routing config as ``configs/routing.json``; return the count."""
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=MOTO_ENV["AWS_DEFAULT_REGION"],
+        aws_access_key_id=MOTO_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=MOTO_ENV["AWS_SECRET_ACCESS_KEY"],
+    )
+    s3.create_bucket(Bucket=CONFIG_BUCKET)
+    files = sorted(p for p in SEED.rglob("*") if p.is_file())
+    for path in files:
+        s3.put_object(
+            Bucket=CONFIG_BUCKET, Key=CONFIG_PREFIX + path.relative_to(SEED).as_posix(), Body=path.read_bytes()
+        )
+    s3.put_object(Bucket=CONFIG_BUCKET, Key=CONFIG_PREFIX + "routing.json", Body=routing.encode())
+    return len(files) + 1
 
 
 def generated_config(edge_port: int, cluster_port: int) -> str:
@@ -164,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = tempfile.TemporaryDirectory(prefix="r1edge-")
     try:
         config_source = args.config
+        router_env: dict[str, str] = {}
+        router_app = ("router", None)
         if config_source is None:
             model = resolve_model_path()
             edge_port, cluster_port = free_port(), free_port()
@@ -196,14 +230,36 @@ def main(argv: list[str] | None = None) -> int:
                 ],
                 child_env(),
             )
+            s3_port = free_port()
+            stack.start(
+                "local S3 (moto)",
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+                child_env(**MOTO_ENV),
+            )
             config_path = Path(workdir.name) / "routing.json"
             config_path.write_text(generated_config(edge_port, cluster_port))
             config_source = str(config_path)
+            s3_url = f"http://127.0.0.1:{s3_port}"
+            wait_ready(stack, "local S3 (moto)", f"{s3_url}/moto-api/")
+            seeded = seed_configs(s3_url, config_path.read_text())
+            log(f"local S3 (moto)     {s3_url}   (bucket {CONFIG_BUCKET}: {seeded} files from infra/local/configs/)")
+            router_env = {
+                **MOTO_ENV,
+                "AWS_ENDPOINT_URL_S3": s3_url,
+                "CONFIG_BUCKET": CONFIG_BUCKET,
+                "CONFIG_PREFIX": CONFIG_PREFIX,
+                "CONFIG_CACHE_DIR": str(Path(workdir.name) / "configs-cache"),
+            }
+            router_app = ("localapp", Path(__file__).resolve().parent)
             wait_ready(stack, "edge", f"http://127.0.0.1:{edge_port}/health")
             log(f"edge model server   http://127.0.0.1:{edge_port}/v1   (n_ctx {EDGE_N_CTX})")
             wait_ready(stack, "cluster stand-in", f"http://127.0.0.1:{cluster_port}/v1/models")
             log(f"cluster stand-in    http://127.0.0.1:{cluster_port}/v1   (llama_cpp.server, n_ctx {CLUSTER_N_CTX})")
-        stack.start("router", uvicorn_argv("router", args.host, args.port), child_env(R1EDGE_CONFIG=config_source))
+        stack.start(
+            "router",
+            uvicorn_argv(router_app[0], args.host, args.port, router_app[1]),
+            child_env(R1EDGE_CONFIG=config_source, **router_env),
+        )
         wait_ready(stack, "router", f"http://127.0.0.1:{args.port}/health")
         log(f"router              http://{args.host}:{args.port}/v1   (config {config_source})")
         log(f"ready: GET http://{args.host}:{args.port}/health is 200. Ctrl-C stops everything.")

@@ -163,7 +163,7 @@ def test_edge_prompt_over_its_context_goes_to_the_cluster(client):
 def test_signal_stops_every_process_the_stack_started(sig):
     s = Stack()
     started = children(s.proc.pid)
-    assert len(started) == 3  # edge, cluster stand-in, router
+    assert len(started) == 4  # edge, cluster stand-in, local S3 (moto), router
     assert s.stop(sig) == 0
     assert [pid for pid in started if alive(pid)] == []
     with pytest.raises(httpx.ConnectError):
@@ -184,3 +184,23 @@ def test_router_only_with_a_config_file(tmp_path, stack):
         assert raw.headers["x-r1edge-upstream"] == "via-router"
     finally:
         assert s.stop() == 0
+
+
+def test_configs_are_served_on_the_router_port_from_the_local_s3(stack):
+    base = stack.base_url.removesuffix("/v1")
+    with httpx.Client(base_url=base, timeout=30) as http:
+        routing = http.get("/v1/configs/routing.json")
+        assert routing.status_code == 200
+        assert routing.headers["content-type"] == "application/json"
+        assert {e["name"] for e in routing.json()["endpoints"]} == {"edge-local", "cluster-local"}
+        etag = routing.headers["etag"]
+        assert routing.headers["cache-control"].startswith("public, max-age=60")
+        revalidated = http.get("/v1/configs/routing.json", headers={"If-None-Match": f'"x", W/{etag}'})
+        assert (revalidated.status_code, revalidated.content, revalidated.headers["etag"]) == (304, b"", etag)
+        manifest = http.get("/v1/configs/models/edge.json").json()
+        assert manifest["sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+        head = http.head("/v1/configs/models/edge.json")
+        assert (head.status_code, head.content) == (200, b"")
+        assert http.get("/v1/configs/%2e%2e/secret").json()["error"]["code"] == "invalid_config_name"
+        missing = http.get("/v1/configs/nope.yaml")
+        assert (missing.status_code, missing.json()["error"]["code"]) == (404, "not_found")

@@ -22,6 +22,7 @@ from r1edge.httpcache import http_date, none_match
 
 ROUTING = b"endpoints:\n  - {name: edge-a, url: 'http://127.0.0.1:8001/v1', tier: edge}\n"
 BLOB = bytes(range(256)) * 8
+MANIFEST = b'{"model": "SmolLM2-135M-Instruct.Q4_1.gguf", "n_ctx": 2048}'
 ETAG = '"' + hashlib.sha256(ROUTING).hexdigest() + '"'
 DEFAULT_CACHE_CONTROL = "public, max-age=60, s-maxage=300, stale-while-revalidate=60, stale-if-error=86400"
 CONTEXT = SimpleNamespace(
@@ -44,6 +45,7 @@ def s3(monkeypatch, tmp_path):
         client.create_bucket(Bucket="cfg")
         client.put_object(Bucket="cfg", Key="configs/routing.yaml", Body=ROUTING)
         client.put_object(Bucket="cfg", Key="configs/models/blob.bin", Body=BLOB)
+        client.put_object(Bucket="cfg", Key="configs/models/edge.json", Body=MANIFEST)
         client.put_object(Bucket="cfg", Key="configs/big.txt", Body=b"x" * 1_200_000)
         yield client
 
@@ -118,6 +120,12 @@ def test_every_event_source_serves_the_file_with_its_caching_headers(app, source
     assert headers["content-type"] == "application/yaml"
     assert headers["cache-control"] == DEFAULT_CACHE_CONTROL
     assert headers["last-modified"].endswith(" GMT")
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_json_files_are_served_byte_for_byte_by_every_event_source(app, source):
+    status, headers, body = call(app, source, name="models/edge.json")
+    assert (status, headers["content-type"], body) == (200, "application/json", MANIFEST)
 
 
 @pytest.mark.parametrize("source", SOURCES)

@@ -19,7 +19,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from r1edge import web
 from r1edge.config import RoutingConfig, load_config
@@ -50,6 +50,7 @@ def create_app(
     upstream: Upstream | None = None,
     wall_clock: Callable[[], float] = time.time,
     reloader: ConfigReloader | None = None,
+    extra_routes: list[BaseRoute] | None = None,
     **gateway_options: Any,
 ) -> Starlette:
     """Build the router app.
@@ -59,6 +60,7 @@ def create_app(
             ``R1EDGE_CONFIG`` is ``s3://…``, a :class:`~r1edge.reload.ConfigReloader` that
             re-reads it every ``R1EDGE_CONFIG_MAX_AGE`` seconds (default 60).
         reloader: a config reloader to use instead (tests inject one).
+        extra_routes: more routes, matched first (the local stack adds ``/v1/configs/*``).
         upstream: the HTTP transport; default: a new pooled :class:`~r1edge.upstream.Upstream`,
             closed at shutdown.
         wall_clock: seconds since the epoch, for the Lambda deadline (injected in tests).
@@ -138,6 +140,7 @@ def create_app(
 
     app = Starlette(
         routes=[
+            *(extra_routes or []),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
