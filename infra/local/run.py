@@ -14,7 +14,8 @@ generated config, and then only the router starts.
 Router only (``make run-router``): just the router, against the endpoints of ``--config``.
 
 Readiness is polled, never slept for: each part's health URL until it answers 200, then the
-router's ``/health``, which is 200 once every endpoint answers. SIGINT or SIGTERM stops every
+router's ``/health``, which is 200 once every endpoint answers (router only: its ``/ping``, so a
+config naming an endpoint that is down still starts). SIGINT or SIGTERM stops every
 process this script started within 2 seconds (SIGTERM first, SIGKILL after 1.5 s); children
 stay in the caller's process group, so ``make``'s Ctrl-C reaches them too.
 """
@@ -138,7 +139,8 @@ MOTO_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", 
 
 def seed_configs(endpoint: str, routing: str) -> int:
     """Create the config bucket in the local S3 and upload ``infra/local/configs/`` under
-    ``configs/``, plus the generated routing config as ``configs/routing.json``; return the count."""
+    ``configs/``, plus the generated routing config as ``configs/routing.json``; return how many
+    files were uploaded."""
     import boto3
 
     s3 = boto3.client(
@@ -241,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             config_source = str(config_path)
             s3_url = f"http://127.0.0.1:{s3_port}"
             wait_ready(stack, "local S3 (moto)", f"{s3_url}/moto-api/")
-            seeded = seed_configs(s3_url, config_path.read_text())
-            log(f"local S3 (moto)     {s3_url}   (bucket {CONFIG_BUCKET}: {seeded} files from infra/local/configs/)")
+            seed_configs(s3_url, config_path.read_text())
+            log(f"local S3 (moto)     {s3_url}   (bucket {CONFIG_BUCKET}: infra/local/configs/ and routing.json)")
             router_env = {
                 **MOTO_ENV,
                 "AWS_ENDPOINT_URL_S3": s3_url,
@@ -260,9 +262,16 @@ def main(argv: list[str] | None = None) -> int:
             uvicorn_argv(router_app[0], args.host, args.port, router_app[1]),
             child_env(R1EDGE_CONFIG=config_source, **router_env),
         )
-        wait_ready(stack, "router", f"http://127.0.0.1:{args.port}/health")
+        if args.router_only:
+            # Only the router is ours: ready once it is up; /health reports the endpoints' state.
+            wait_ready(stack, "router", f"http://127.0.0.1:{args.port}/ping")
+        else:
+            wait_ready(stack, "router", f"http://127.0.0.1:{args.port}/health")
         log(f"router              http://{args.host}:{args.port}/v1   (config {config_source})")
-        log(f"ready: GET http://{args.host}:{args.port}/health is 200. Ctrl-C stops everything.")
+        if args.router_only:
+            log(f"ready: the router is up; GET http://{args.host}:{args.port}/health checks its endpoints.")
+        else:
+            log(f"ready: GET http://{args.host}:{args.port}/health is 200. Ctrl-C stops everything.")
         print(json.dumps({"ready": True, "router": f"http://{args.host}:{args.port}/v1"}), flush=True)
         while True:
             stack.check_alive()

@@ -173,10 +173,17 @@ def test_signal_stops_every_process_the_stack_started(sig):
 def test_router_only_with_a_config_file(tmp_path, stack):
     config = tmp_path / "routing.yaml"
     edge_url = f"http://127.0.0.1:{stack.port}/v1"  # the full stack's router, as an upstream
-    config.write_text(f"endpoints:\n  - {{name: via-router, url: '{edge_url}', tier: edge}}\n")
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # a backup that is down must not stop the start
+    config.write_text(
+        f"endpoints:\n  - {{name: via-router, url: '{edge_url}', tier: edge}}\n"
+        f"  - {{name: dead-backup, url: '{dead}', tier: edge, priority: 1}}\n"
+    )
     s = Stack("--router-only", "--config", str(config))
     try:
         assert len(children(s.proc.pid)) == 1
+        health = httpx.get(s.base_url.removesuffix("/v1") + "/health", timeout=10)
+        assert health.status_code == 503
+        assert health.json()["endpoints"]["via-router"] == "ok"
         client = openai.OpenAI(base_url=s.base_url, api_key="unused", max_retries=0)
         raw = client.chat.completions.with_raw_response.create(
             model="edge", messages=[{"role": "user", "content": SIMPLE}], max_tokens=8

@@ -215,6 +215,7 @@ def test_a_missing_config_is_404_in_the_openai_shape(app, source):
     status, headers, body = call(app, source, name="nope.json")
     assert status == 404
     assert json.loads(body)["error"]["code"] == "not_found"
+    assert json.loads(body)["error"]["message"] == "No config named 'nope.json'."  # not the S3 key
     assert headers["content-type"] == "application/json"
 
 

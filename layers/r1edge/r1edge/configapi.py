@@ -26,7 +26,7 @@ from urllib.parse import unquote
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from r1edge.configstore import ConfigStore, S3Source
-from r1edge.errors import ConfigError, InvalidRequest, MethodNotAllowed
+from r1edge.errors import ConfigError, InvalidRequest, MethodNotAllowed, NotFound
 from r1edge.httpcache import CachePolicy, http_date, not_modified, policy_for
 
 ROUTE_PREFIX = "/v1/configs/"
@@ -149,7 +149,10 @@ def serve(
         raise MethodNotAllowed(f"{method} is not allowed here; use GET or HEAD.", headers={"Allow": "GET, HEAD"})
     name = validate_name(raw_name)
     policy = policy_for(name, settings.policies, settings.default_policy)
-    obj = store.get(settings.prefix + name, stale_if_error=policy.stale_if_error or 0)
+    try:
+        obj = store.get(settings.prefix + name, stale_if_error=policy.stale_if_error or 0)
+    except NotFound:
+        raise NotFound(f"No config named {name!r}.") from None  # the bucket's prefix stays private
     lower = {k.lower(): v for k, v in headers.items()}
     out = {"ETag": obj.etag, "Cache-Control": policy.header()}
     if obj.last_modified is not None:
