@@ -707,12 +707,7 @@ def fmt(s: dict[str, float], digits: int = 1, sign: bool = False) -> str:
 def overhead_table(result: dict[str, Any]) -> list[str]:
     """The overhead table: per cell, direct's latency, each gateway's added latency, throughput
     and CPU time per request, and r1edge ÷ LiteLLM."""
-    w = 22
-    header = (
-        f"{'mode':<7}{'conc':>5}  {'via':<9}{'p50 ms':>{w}}{'p95 ms':>{w}}{'p99 ms':>{w}}{'req/s':>{w}}"
-        f"{'CPU ms/req':>{w}}"
-    )
-    lines = [header, "-" * len(header)]
+    rows = [["mode", "conc", "via", "p50 ms", "p95 ms", "p99 ms", "req/s", "CPU ms/req"]]
     for mode, c in result["cells"]:
         cell = result["summary"][f"{mode}/{c}"]
         for target in TARGETS:
@@ -722,16 +717,18 @@ def overhead_table(result: dict[str, Any]) -> list[str]:
             else:
                 lat = [fmt(row[f"added_{q}_ms"], 2, sign=True) for q in ("p50", "p95", "p99")]
             failed = f"  ({row['failed']} failed)" if row["failed"] else ""
-            lines.append(
-                f"{mode:<7}{c:>5}  {LABELS[target]:<9}{lat[0]:>{w}}{lat[1]:>{w}}{lat[2]:>{w}}"
-                f"{fmt(row['rps'], 0):>{w}}{fmt(row['cpu_ms_per_request'], 2):>{w}}{failed}"
+            rows.append(
+                [mode, str(c), LABELS[target], *lat, fmt(row["rps"], 0), fmt(row["cpu_ms_per_request"], 2) + failed]
             )
         ratio = cell["ratio"]
         lat = [fmt(ratio[f"added_{q}"], 2) for q in ("p50", "p95", "p99")]
-        lines.append(
-            f"{'':<7}{'':>5}  {'r1e÷Lite':<9}{lat[0]:>{w}}{lat[1]:>{w}}{lat[2]:>{w}}{fmt(ratio['rps'], 2):>{w}}"
-            f"{fmt(ratio['cpu_ms_per_request'], 2):>{w}}"
-        )
+        rows.append(["", "", "r1e÷Lite", *lat, fmt(ratio["rps"], 2), fmt(ratio["cpu_ms_per_request"], 2)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for r in rows:
+        left = f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:<{widths[2]}}"
+        lines.append(left + "".join(f"  {v:>{w}}" for v, w in zip(r[3:], widths[3:], strict=True)))
+    lines.insert(1, "-" * max(len(line) for line in lines))
     return lines
 
 
@@ -781,6 +778,48 @@ def edge_memory() -> str:
     )
 
 
+def report(data: dict[str, Any]) -> list[str]:
+    """Every table of one run, from its JSON document (what :func:`main` saves)."""
+    info, settings, over, chaos = data["machine"], data["settings"], data["overhead"], data["chaos"]
+    lines = [
+        f"Gateways side by side — r1edge {info['r1edge_commit']} vs LiteLLM proxy {data['litellm_version']}, "
+        f"{data['date'][:16].replace('T', ' ')} UTC",
+        f"{platform.machine()}, {info['cores']} cores ({info['cpu']}), {info['memory_gib']:.0f} GiB, "
+        f"Python {info['python']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+        f"load average at start {info['load_average_at_start'][0]:.2f}; the load generator, the fake upstream and "
+        "the gateway share these cores",
+        "",
+        f"Overhead: fake upstream (3-chunk completion, delay {settings['delay_ms']:g} ms); {settings['rounds']} "
+        f"rounds × {settings['requests']} requests per cell; median [min–max] over rounds. direct: absolute "
+        "latency; r1edge, LiteLLM: added over direct in the same round; r1e÷Lite: r1edge's added latency, "
+        "throughput and CPU time per request as a share of LiteLLM's, pair by pair per round. CPU ms/req: the "
+        "serving process's (the upstream's for direct).",
+        *overhead_table(over),
+        "Aim: added p50 ≤ 0.2 × LiteLLM's, throughput ≥ 5 × LiteLLM's:",
+        *verdicts(over),
+        f"upstream calls {over['upstream_calls']} for {over['requests_sent']} requests sent "
+        "(1 each: no hidden retries)",
+    ]
+    if chaos:
+        lines += [
+            "",
+            f"Resilience: {settings['chaos_requests']} requests per run, concurrency "
+            f"{settings['chaos_concurrency']}, half streamed; p50/p99 over successful requests; calls/req "
+            "counted at the upstreams.",
+            *chaos_table(chaos),
+        ]
+    memory = over["memory_mb"]
+    lines += [
+        "",
+        "Peak resident memory (VmHWM) after the overhead run:",
+        f"  r1edge router {memory['r1edge']:.0f} MB ({'PASS' if memory['r1edge'] <= 200 else 'MISS'} ≤ 200 MB), "
+        f"LiteLLM proxy {memory['litellm']:.0f} MB, fake upstream {memory['upstream']:.0f} MB",
+        f"  {data['edge_memory']}",
+        f"took {data['seconds'] / 60:.1f} min",
+    ]
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="repetitions of every overhead cell")
@@ -794,7 +833,11 @@ def main() -> int:
     parser.add_argument("--skip-chaos", action="store_true")
     parser.add_argument("--quick", action="store_true", default=os.environ.get("QUICK", "") not in ("", "0"))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--report", type=Path, help="print the tables of a saved run (its JSON) and exit")
     args = parser.parse_args()
+    if args.report:
+        print("\n".join(report(json.loads(args.report.read_text()))))
+        return 0
     if args.quick:
         args.rounds, args.requests, args.warmup, args.chaos_requests = 2, 100, 50, 300
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -818,59 +861,20 @@ def main() -> int:
                     print(f"  chaos {scenario} through {LABELS[gateway]}", flush=True)
                     chaos.append(chaos_run(args, workdir, scenario, gateway))
             chaos.sort(key=lambda r: (r["scenario"], r["gateway"] != "r1edge"))
-    took = time.perf_counter() - started
-
-    lines = [
-        f"Gateways side by side — r1edge {info['r1edge_commit']} vs LiteLLM proxy {litellm_version}, "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        f"{platform.machine()}, {info['cores']} cores ({info['cpu']}), {info['memory_gib']:.0f} GiB, "
-        f"Python {info['python']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
-        f"load average at start {info['load_average_at_start'][0]:.2f}; the load generator, the fake upstream and "
-        "the gateway share these cores",
-        "",
-        f"Overhead: fake upstream (3-chunk completion, delay {args.delay_ms:g} ms); {args.rounds} rounds × "
-        f"{args.requests} requests per cell; median [min–max] over rounds. direct: absolute latency; "
-        "r1edge, LiteLLM: added over direct in the same round; r1e÷Lite: r1edge's added latency and throughput "
-        "as a share of LiteLLM's, pair by pair per round.",
-        *overhead_table(over),
-        "Aim: added p50 ≤ 0.2 × LiteLLM's, throughput ≥ 5 × LiteLLM's:",
-        *verdicts(over),
-        f"upstream calls {over['upstream_calls']} for {over['requests_sent']} requests sent "
-        "(1 each: no hidden retries)",
-    ]
-    if chaos:
-        lines += [
-            "",
-            f"Resilience: {args.chaos_requests} requests per run, concurrency {args.chaos_concurrency}, half streamed; "
-            "p50/p99 over successful requests; calls/req counted at the upstreams.",
-            *chaos_table(chaos),
-        ]
-    memory = over["memory_mb"]
-    lines += [
-        "",
-        "Peak resident memory (VmHWM) after the overhead run:",
-        f"  r1edge router {memory['r1edge']:.0f} MB ({'PASS' if memory['r1edge'] <= 200 else 'MISS'} ≤ 200 MB), "
-        f"LiteLLM proxy {memory['litellm']:.0f} MB, fake upstream {memory['upstream']:.0f} MB",
-        f"  {edge_memory()}",
-        f"took {took / 60:.1f} min",
-    ]
-    print("\n".join(lines))
+    data = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": info,
+        "litellm_version": litellm_version,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "report")},
+        "overhead": over,
+        "chaos": chaos,
+        "edge_memory": edge_memory(),
+        "seconds": time.perf_counter() - started,
+    }
+    data["table"] = report(data)
+    print("\n".join(data["table"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": info,
-                "litellm_version": litellm_version,
-                "settings": {k: v for k, v in vars(args).items() if k != "out"},
-                "overhead": over,
-                "chaos": chaos,
-                "table": lines,
-                "seconds": took,
-            },
-            indent=2,
-        )
-    )
+    args.out.write_text(json.dumps(data, indent=2))
     print(f"saved {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
     return 0
 
