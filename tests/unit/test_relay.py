@@ -135,3 +135,30 @@ def test_parse_completion_normalises_and_refuses_non_completions():
 def test_normalize_keeps_reasoning_content_when_both_present():
     obj = {"choices": [{"message": {"reasoning": "vllm", "reasoning_content": "deepseek"}}]}
     assert normalize_completion(obj)["choices"][0]["message"] == {"reasoning_content": "deepseek"}
+
+
+def test_the_body_is_read_to_its_end_after_done_so_the_connection_can_be_reused():
+    import asyncio
+
+    import httpx
+    from fakes import ChunkStream, chunk, sse
+
+    from r1edge.relay import iter_chunks
+
+    class Recording(ChunkStream):
+        finished = False
+
+        async def __aiter__(self):
+            async for part in super().__aiter__():
+                yield part
+            self.finished = True
+
+    body = Recording([sse(chunk("a"), chunk(finish_reason="stop")), b": trailing comment\n\n"])
+    response = httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=body)
+
+    async def read():
+        return [c async for c in iter_chunks(response)]
+
+    chunks = asyncio.run(read())
+    assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["a", None]
+    assert body.finished  # everything after [DONE] was read: httpx may keep the connection

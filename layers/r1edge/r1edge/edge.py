@@ -42,7 +42,8 @@ from r1edge.relay import DONE, SSE_HEADERS, sse_data
 from r1edge.runtime import GenerationStats, LlamaRuntime
 from r1edge.validation import ChatRequest, message_text, parse_json_body, validate_chat_request
 
-logger = Logger(service="r1edge-edge", child=True)
+#: The edge's logger: the parent of the runtime's ``r1edge-edge`` child logger.
+logger = Logger(service="r1edge-edge")
 
 CONFIDENCE_WINDOW_HEADER = "x-r1edge-confidence-window"
 #: Longest confidence window (tokens) a request may ask for.

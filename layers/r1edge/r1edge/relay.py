@@ -16,6 +16,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import httpx
 from httpx_sse import EventSource, SSEError
 
@@ -73,6 +74,10 @@ def truncated_event(message: str) -> bytes:
     return sse_data(error_body(message, "server_error", None, "upstream_stream_truncated"))
 
 
+#: Seconds to wait for an upstream body to end after ``data: [DONE]``.
+DRAIN_SECONDS = 0.5
+
+
 async def iter_chunks(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
     """Yield normalised chunk objects from an upstream SSE response until ``data: [DONE]``.
 
@@ -80,11 +85,18 @@ async def iter_chunks(response: httpx.Response) -> AsyncIterator[dict[str, Any]]
         StreamTruncated: the stream ended without ``[DONE]``, the connection failed, an event
             was not a JSON object, or the upstream sent an ``error`` object mid-stream.
     """
+    events = EventSource(response).aiter_sse()
     try:
-        async for event in EventSource(response).aiter_sse():
+        async for event in events:
             if not event.data:
                 continue
             if event.data.strip() == "[DONE]":
+                # Read the body to its end (normally just the last chunk marker), so httpx can
+                # put the connection back in the pool; a server that holds the body open after
+                # [DONE] gets DRAIN_SECONDS, then its connection is closed instead.
+                with anyio.move_on_after(DRAIN_SECONDS):
+                    async for _ in events:
+                        pass
                 return
             try:
                 obj = strict_loads(event.data)

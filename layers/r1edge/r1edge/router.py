@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
+from aws_lambda_powertools import Logger
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -30,6 +31,10 @@ from r1edge.relay import SSE_HEADERS
 from r1edge.reload import ConfigReloader
 from r1edge.upstream import Upstream
 from r1edge.validation import parse_json_body, validate_chat_request
+
+#: The router's logger: the parent of the ``r1edge-router`` child loggers in the gateway and the
+#: config reloader (Powertools child loggers write through their parent, which must exist).
+logger = Logger(service="r1edge-router")
 
 
 def config_from_env(environ: dict[str, str] | None = None) -> RoutingConfig:
