@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "infra" / "local")]
 
 from faultserver import Fault, FaultServer  # noqa: E402
-from run import free_port  # noqa: E402
+from run import free_port, uvicorn_argv  # noqa: E402
 
 QUICK = os.environ.get("QUICK", "") not in ("", "0")  # QUICK=1 make bench: a smaller run
 FAILURE_RATE = 0.22
@@ -118,24 +118,7 @@ def scenario(name: str, rates: list[float], args: argparse.Namespace) -> dict:
             json.dumps({"endpoints": endpoints, "deadline": 30, "breaker": {"failure_threshold": 5, "cooldown": 2}})
         )
         env = {**os.environ, "R1EDGE_CONFIG": str(config), "POWERTOOLS_LOG_LEVEL": "ERROR"}
-        router = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "app:app",
-                "--app-dir",
-                str(ROOT / "functions" / "router"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
-            env=env,
-        )
+        router = subprocess.Popen([*uvicorn_argv("router", "127.0.0.1", port), "--log-level", "warning"], env=env)
         try:
             for _ in range(200):
                 try:

@@ -43,7 +43,7 @@ import llama_cpp
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "layers" / "r1edge"), str(ROOT / "infra" / "local")]
 
-from run import free_port  # noqa: E402
+from run import free_port, uvicorn_argv  # noqa: E402
 
 from r1edge.model import resolve_model_path  # noqa: E402
 
@@ -139,19 +139,7 @@ def start_edge(model: Path | None, extra_env: dict[str, str] | None = None) -> t
     }
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--app-dir",
-            str(ROOT / "functions" / "edge"),
-            "app:app",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
+        [*uvicorn_argv("edge", "127.0.0.1", port), "--log-level", "warning"],
         env=env,
         stdout=subprocess.DEVNULL,
     )

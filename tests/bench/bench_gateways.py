@@ -65,7 +65,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT / "infra" / "local")]
 
-from run import free_port  # noqa: E402
+from run import free_port, uvicorn_argv  # noqa: E402
 
 LITELLM_VERSION = "1.82.6"  # the last release before the March 2026 PyPI compromise (1.82.7, 1.82.8)
 LITELLM_VENV = ROOT / ".bench" / "litellm-venv"
@@ -346,19 +346,7 @@ def start_r1edge(workdir: Path, config: dict[str, Any], tag: str) -> Proc:
     log = workdir / f"r1edge-{tag}.log"
     env = {**os.environ, "R1EDGE_CONFIG": str(path), "POWERTOOLS_LOG_LEVEL": "INFO"}
     popen = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "app:app",
-            "--app-dir",
-            str(ROOT / "functions" / "router"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-access-log",
-        ],
+        uvicorn_argv("router", "127.0.0.1", port),
         env=env,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,

@@ -12,9 +12,7 @@ import threading
 from functools import partial
 from pathlib import Path
 
-import boto3
 import pytest
-from moto import mock_aws
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "layers" / "model"))
@@ -37,12 +35,8 @@ def source(tmp_path) -> Path:
 
 
 @pytest.fixture
-def s3(monkeypatch):
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="models")
-        yield client
+def s3(models_s3):
+    return models_s3
 
 
 def test_a_local_file_is_verified_and_placed_at_the_image_path(source, tmp_path, capsys):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from r1edge.edge import completion_kwargs
 from r1edge.errors import InvalidRequest
@@ -92,13 +90,9 @@ GGUF = b"GGUF" + bytes(range(256)) * 64
 
 
 @pytest.fixture
-def s3(monkeypatch):
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="models")
-        client.put_object(Bucket="models", Key="r1/distill.gguf", Body=GGUF)
-        yield client
+def s3(models_s3):
+    models_s3.put_object(Bucket="models", Key="r1/distill.gguf", Body=GGUF)
+    return models_s3
 
 
 def test_model_uri_is_downloaded_once_and_reused(s3, tmp_path):
