@@ -38,7 +38,7 @@ class DictProvider(BaseProvider):
         return self.values[name]
 
     def _get_multiple(self, path, **sdk_options):
-        raise NotImplementedError
+        return {k[len(path) :].lstrip("/"): v for k, v in self.values.items() if k.startswith(path)}
 
 
 class Clock:
@@ -115,3 +115,14 @@ def test_unchanged_endpoints_keep_their_breaker_state_across_a_reload():
     gateway.reconfigure(parse_config(changed, environ={}))
     assert gateway.pool["edge-a"] is edge_state  # same endpoint: same breaker, EWMA, in-flight count
     assert gateway.pool["r1-a"].endpoint.url == "http://r1-b/v1"
+
+
+def test_the_s3_provider_reads_one_object_or_every_object_under_a_prefix(models_s3):
+    from r1edge.reload import S3Provider
+
+    models_s3.put_object(Bucket="models", Key="configs/a.yaml", Body=b"a: 1\n")
+    models_s3.put_object(Bucket="models", Key="configs/b.json", Body=b'{"b": 2}')
+    models_s3.put_object(Bucket="models", Key="other/c.txt", Body=b"c")
+    provider = S3Provider(models_s3)
+    assert provider.get("models/configs/a.yaml") == "a: 1\n"
+    assert provider.get_multiple("models/configs") == {"a.yaml": "a: 1\n", "b.json": '{"b": 2}'}

@@ -36,16 +36,23 @@ class S3Provider(BaseProvider):
         super().__init__()
         self._s3 = client
 
-    def _get(self, name: str, **sdk_options: Any) -> str:
+    def _client(self) -> Any:
         if self._s3 is None:
             import boto3
 
             self._s3 = boto3.client("s3")
+        return self._s3
+
+    def _get(self, name: str, **sdk_options: Any) -> str:
         bucket, _, key = name.partition("/")
-        return self._s3.get_object(Bucket=bucket, Key=key, **sdk_options)["Body"].read().decode("utf-8")
+        return self._client().get_object(Bucket=bucket, Key=key, **sdk_options)["Body"].read().decode("utf-8")
 
     def _get_multiple(self, path: str, **sdk_options: Any) -> dict[str, str]:
-        raise NotImplementedError("S3Provider reads one object at a time")
+        """Every object under ``bucket/prefix``, keyed by its key after the prefix (UTF-8 text)."""
+        bucket, _, prefix = path.partition("/")
+        pages = self._client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+        return {key[len(prefix) :].lstrip("/"): self._get(f"{bucket}/{key}", **sdk_options) for key in keys}
 
 
 class ConfigReloader:
