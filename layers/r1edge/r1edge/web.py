@@ -76,6 +76,17 @@ def request_id() -> str:
     return correlation_id.get() or uuid4().hex
 
 
+#: The tenant of requests that carry no API key (before authentication is configured).
+ANONYMOUS_TENANT = "anonymous"
+
+
+def tenant(request: Request) -> str:
+    """The tenant id the request acts for: ``request.state.tenant`` when authentication set it,
+    else :data:`ANONYMOUS_TENANT`. Everything tenant-scoped (cache entries, jobs, idempotency
+    keys, usage) is keyed by this value."""
+    return getattr(request.state, "tenant", None) or ANONYMOUS_TENANT
+
+
 def middleware() -> list[Middleware]:
     """Middleware both apps use: request ids on every request and response."""
     return [
