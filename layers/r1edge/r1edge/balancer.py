@@ -14,7 +14,7 @@ When every endpoint is open, the one whose cooldown ends first is probed.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from r1edge.breaker import BreakerSettings, CircuitBreaker, State
@@ -35,6 +35,19 @@ class EndpointState:
     load: float | None = None  # engine load from /metrics, a fraction; None when unknown
     load_at: float | None = None  # monotonic seconds of the last scrape
     load_target: float = 1.0
+    health: str | None = None  # from the health table: "up", "overloaded", "down"; None: no fresh record
+    health_load: float | None = None  # engine load the health function read, a fraction
+    health_completion_at: float | None = None  # epoch seconds of the last 1-token probe applied
+
+    @property
+    def down(self) -> bool:
+        """Marked down by a fresh health-table record."""
+        return self.health == "down"
+
+    @property
+    def effective_load(self) -> float | None:
+        """The router's own ``/metrics`` reading when it has one, else the health table's."""
+        return self.load if self.load is not None else self.health_load
 
     def observe_ttfb(self, seconds: float) -> None:
         self.ttfb = seconds if self.ttfb is None else (1 - EWMA_ALPHA) * self.ttfb + EWMA_ALPHA * seconds
@@ -45,7 +58,8 @@ class EndpointState:
         limit = self.endpoint.max_concurrency
         if limit is not None and self.in_flight >= limit:
             return True
-        return self.load is not None and self.load >= self.load_target
+        load = self.effective_load
+        return load is not None and load >= self.load_target
 
 
 @dataclass
@@ -68,6 +82,8 @@ class Pool:
     rng: random.Random = field(default_factory=random.Random)
     states: dict[str, EndpointState] = field(init=False)
     switched: dict[str, bool] = field(init=False, default_factory=dict)
+    #: Called as ``on_breaker(endpoint_name, new_state)`` on every breaker transition (metrics).
+    on_breaker: Callable[[str, State], None] | None = None
 
     def __post_init__(self) -> None:
         self.states = {
@@ -76,6 +92,14 @@ class Pool:
             )
             for e in self.endpoints
         }
+        for name, state in self.states.items():
+            self.watch(name, state)
+
+    def watch(self, name: str, state: EndpointState) -> None:
+        """Send ``state``'s breaker transitions to :attr:`on_breaker`."""
+        if self.on_breaker is not None:
+            report = self.on_breaker
+            state.breaker.listener = lambda new, name=name: report(name, new)
 
     def __getitem__(self, name: str) -> EndpointState:
         return self.states[name]
@@ -134,6 +158,9 @@ class Pool:
         usable = [s for s in self.tier(tier) if s.endpoint.name not in excluded and not s.at_capacity]
         if not usable:
             return None, False
+        # Endpoints the health table marks down are skipped while another is usable; with every
+        # one down, the passive signals (breakers) decide, since the table may lag a recovery.
+        usable = [s for s in usable if not s.down] or usable
         ordered = self._latency_order(tier, self._weighted(usable))
         ordered = sorted(ordered, key=lambda s: tried.get(s.endpoint.name, 0))  # stable: failover first
         for state in ordered:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -43,6 +44,15 @@ class CircuitBreaker:
     opened_at: float = 0.0
     probe_in_flight: bool = False
     calls: deque[tuple[float, bool]] = field(default_factory=deque)  # (time, failed)
+    #: Called with the new state on every change (metrics: breaker transitions); not part of
+    #: the breaker's logic.
+    listener: Callable[[State], None] | None = field(default=None, compare=False, repr=False)
+
+    def _enter(self, state: State) -> None:
+        changed = state is not self.state
+        self.state = state
+        if changed and self.listener is not None:
+            self.listener(state)
 
     def _trim(self, now: float) -> None:
         while self.calls and self.calls[0][0] < now - self.settings.window:
@@ -58,7 +68,7 @@ class CircuitBreaker:
         """Whether an attempt may go out now; moves open → half-open after the cooldown and then
         admits a single probe."""
         if self.state is State.OPEN and self.cooldown_remaining(now) == 0.0:
-            self.state = State.HALF_OPEN
+            self._enter(State.HALF_OPEN)
             self.probe_in_flight = False
         if self.state is State.CLOSED:
             return True
@@ -70,14 +80,14 @@ class CircuitBreaker:
     def force_probe(self, now: float) -> None:
         """Let one probe through even though the cooldown has not ended (used when every
         endpoint of a tier is open: the one whose cooldown ends first is probed)."""
-        self.state = State.HALF_OPEN
+        self._enter(State.HALF_OPEN)
         self.probe_in_flight = True
 
     def record_success(self, now: float) -> None:
         self.calls.append((now, False))
         self._trim(now)
         self.consecutive_failures = 0
-        self.state = State.CLOSED
+        self._enter(State.CLOSED)
         self.probe_in_flight = False
 
     def record_failure(self, now: float) -> None:
@@ -95,7 +105,7 @@ class CircuitBreaker:
             self._open(now)
 
     def _open(self, now: float) -> None:
-        self.state = State.OPEN
+        self._enter(State.OPEN)
         self.opened_at = now
         self.probe_in_flight = False
         self.calls.clear()

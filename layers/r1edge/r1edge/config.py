@@ -140,6 +140,28 @@ class Load(_Strict):
     max_age: float = Field(5.0, gt=0)
 
 
+class Health(_Strict):
+    """Active health checks (see :mod:`r1edge.health`); all times in seconds.
+
+    Attributes:
+        interval: between probe rounds (30, the brief's "health checks every 30 s").
+        timeout: for the cheap check (``GET /models``) and the ``/metrics`` read.
+        completion_interval: between 1-token completion probes of an endpoint (0: never).
+        completion_timeout: for that completion.
+        stale_after: the router ignores records older than this (three probe periods).
+        max_age: how long the router reuses one read of the health table.
+        ttl: records expire from the table (DynamoDB TTL) this long after their probe.
+    """
+
+    interval: float = Field(30.0, gt=0)
+    timeout: float = Field(5.0, gt=0)
+    completion_interval: float = Field(300.0, ge=0)
+    completion_timeout: float = Field(20.0, gt=0)
+    stale_after: float = Field(90.0, gt=0)
+    max_age: float = Field(5.0, ge=0)
+    ttl: float = Field(600.0, gt=0)
+
+
 class Latency(_Strict):
     """Latency-based switching (see :mod:`r1edge.balancer`): seconds and a fraction."""
 
@@ -231,6 +253,7 @@ class RoutingConfig(_Strict):
         breaker: :class:`Breaker` settings.
         latency: :class:`Latency` settings.
         load: :class:`Load` settings.
+        health: :class:`Health` settings (active health checks and how the router trusts them).
         allow_degrade: when the cluster tier cannot answer (every endpoint failing, open or
             over its load target), ``auto`` requests are answered by the edge instead; a request
             may also ask for it with ``x-r1edge-allow-degrade: true`` (the only way for
@@ -248,6 +271,7 @@ class RoutingConfig(_Strict):
     breaker: Breaker = Breaker()
     latency: Latency = Latency()
     load: Load = Load()
+    health: Health = Health()
     allow_degrade: bool = False
     keepalive_interval: float = Field(5.0, gt=0)
     classifier: Classifier = Classifier()

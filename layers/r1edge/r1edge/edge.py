@@ -27,14 +27,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools import Logger
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from r1edge import web
+from r1edge import metrics, web
 from r1edge.errors import InvalidRequest, Overloaded, error_body
 from r1edge.model import resolve_model_path
 from r1edge.reasoning import ThinkMode, ThinkSplitter, split_text
@@ -141,15 +140,14 @@ def runtime_from_env(environ: dict[str, str] | None = None) -> LlamaRuntime:
     )
 
 
-def emit_cold_start_metrics(rt: LlamaRuntime) -> None:
+def emit_cold_start_metrics(rt: LlamaRuntime, recorder: metrics.Recorder | None = None) -> None:
     """Emit ``ModelImportTime`` and ``ModelLoadTime`` (milliseconds, dimension ``model``) as
-    CloudWatch EMF through Powertools Metrics (namespace ``POWERTOOLS_METRICS_NAMESPACE``,
-    default ``r1edge``); ``POWERTOOLS_METRICS_DISABLED=true`` turns it off."""
-    metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "r1edge"), service="edge")
-    metrics.add_dimension(name="model", value=rt.model_id)
-    metrics.add_metric(name="ModelImportTime", unit=MetricUnit.Milliseconds, value=(rt.import_seconds or 0) * 1000)
-    metrics.add_metric(name="ModelLoadTime", unit=MetricUnit.Milliseconds, value=(rt.load_seconds or 0) * 1000)
-    metrics.flush_metrics()
+    CloudWatch EMF through :mod:`r1edge.metrics` (namespace ``POWERTOOLS_METRICS_NAMESPACE``,
+    default ``r1edge``; ``POWERTOOLS_METRICS_DISABLED=true`` turns EMF off), and set
+    ``r1edge_model_load_seconds{model,phase}`` for the edge's ``/metrics``."""
+    recorder = recorder or metrics.default("edge")
+    recorder.model_load(rt.model_id, rt.import_seconds or 0.0, rt.load_seconds or 0.0)
+    recorder.flush()
 
 
 def confidence_window(request: Request) -> int:
@@ -294,12 +292,16 @@ def create_app(runtime: LlamaRuntime | None = None, max_body_bytes: int | None =
             raise Overloaded("The model is still loading.", headers={"Retry-After": "1"})
         return JSONResponse({"status": "ok", "model": rt.model_id, "n_ctx": rt.n_ctx, "load_seconds": rt.load_seconds})
 
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.default("edge").prometheus_text(), media_type=metrics.PROMETHEUS_CONTENT_TYPE)
+
     return Starlette(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/ping", health, methods=["GET"]),  # the Lambda Web Adapter's readiness check
+            Route("/metrics", prometheus, methods=["GET"]),  # Prometheus text: the model's load time
         ],
         middleware=web.middleware(),
         exception_handlers=web.EXCEPTION_HANDLERS,

@@ -54,7 +54,9 @@ from r1edge.breaker import BreakerSettings
 from r1edge.classifier import Decision, classify
 from r1edge.config import MODEL_TIERS, Endpoint, RoutingConfig
 from r1edge.errors import ModelNotFound, OpenAIError, Overloaded, RateLimited, UpstreamError, UpstreamTimeout
+from r1edge.health import HealthView
 from r1edge.load import parse_engine_load
+from r1edge.metrics import Recorder
 from r1edge.relay import DONE, StreamTruncated, iter_chunks, parse_completion, sse_data, truncated_event
 from r1edge.retry import Outcome, classify_status, parse_retry_after, wait_before_retry
 from r1edge.upstream import Upstream
@@ -174,6 +176,9 @@ class Gateway:
             test sleeps for real).
         wall_clock: seconds since the epoch, for HTTP-date ``Retry-After`` values.
         rng: randomness for the backoff jitter.
+        recorder: where metrics go (retries, fallbacks, breaker transitions, tokens, the
+            endpoints' health); default: a new :class:`~r1edge.metrics.Recorder` for ``router``.
+        health: the health table's view (:mod:`r1edge.health`); ``None``: passive signals only.
     """
 
     def __init__(
@@ -184,6 +189,8 @@ class Gateway:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        recorder: Recorder | None = None,
+        health: HealthView | None = None,
     ) -> None:
         self.config = config
         self.upstream = upstream
@@ -191,6 +198,8 @@ class Gateway:
         self.sleep = sleep
         self.wall_clock = wall_clock
         self.rng = rng or random.Random()
+        self.metrics = recorder or Recorder("router")
+        self.health = health
         self.pool = self._pool(config)
 
     def _pool(self, config: RoutingConfig) -> Pool:
@@ -201,6 +210,7 @@ class Gateway:
             hysteresis=config.latency.hysteresis,
             load_target=config.load.target,
             rng=self.rng,
+            on_breaker=lambda name, state: self.metrics.breaker(name, state.value),
         )
 
     def reconfigure(self, config: RoutingConfig) -> None:
@@ -210,6 +220,8 @@ class Gateway:
         old_config, old_states = self.config, self.pool.states
         self.config = config
         self.pool = self._pool(config)
+        if self.health is not None:
+            self.health.max_age, self.health.stale_after = config.health.max_age, config.health.stale_after
         if config.breaker != old_config.breaker or config.load.target != old_config.load.target:
             return
         for name, state in self.pool.states.items():
@@ -232,6 +244,40 @@ class Gateway:
         for state, text in zip(stale, texts, strict=True):
             engine = parse_engine_load(text) if text else None
             state.load, state.load_at = (engine.load if engine else None), now
+            self._report(state)
+
+    async def refresh_health(self) -> None:
+        """Merge the health table into the endpoints' states (re-read when older than
+        ``health.max_age``): a fresh record sets the endpoint's health status (``down`` is
+        skipped by :meth:`Pool.choose <r1edge.balancer.Pool.choose>`) and its engine load (used
+        when the router reads no ``/metrics`` itself); each new 1-token completion probe is one
+        more time-to-first-byte sample for the latency estimate. Records older than
+        ``health.stale_after`` are ignored: the endpoint is back to passive signals only."""
+        view = self.health
+        if view is None:
+            return
+        if view.due:
+            await anyio.to_thread.run_sync(view.refresh)
+        fresh = view.fresh()
+        for name, state in self.pool.states.items():
+            record = fresh.get(name)
+            if record is None:
+                state.health, state.health_load = None, None
+            else:
+                state.health, state.health_load = record.status, record.load
+                if (
+                    record.completion_ok
+                    and record.completion_latency is not None
+                    and record.completion_at != state.health_completion_at
+                ):
+                    state.observe_ttfb(record.completion_latency)
+                    state.health_completion_at = record.completion_at
+            self._report(state)
+
+    def _report(self, state: EndpointState) -> None:
+        """The endpoint's health and load gauges, as the router sees them now."""
+        up = None if state.health is None else state.health != "down"
+        self.metrics.endpoint_health(state.endpoint.name, state.endpoint.tier, up, state.effective_load)
 
     def decide(self, request: ChatRequest) -> Decision:
         """Map the requested model to a tier: ``auto`` classifies; ``edge`` and ``deepseek-r1``
@@ -304,6 +350,7 @@ class Gateway:
             if self.clock() >= deadline_at:
                 raise
             edge = Decision("edge", f"degraded:{exc.code}", decision.prompt_tokens)
+            self.metrics.fallback("edge", "degrade")
             logger.warning(
                 "cluster cannot answer; degrading to the edge", extra={"request_id": request_id, "error": exc.message}
             )
@@ -347,6 +394,7 @@ class Gateway:
             kept = routed
         logger.info("escalating to the cluster", extra={"request_id": request_id, "reason": reason})
         escalated = Decision("cluster", reason, decision.prompt_tokens)
+        self.metrics.fallback("cluster", "cascade")
         cluster = _RetryLoop(self, request, escalated, request_id, deadline_at, prior_attempts=edge.total_attempts)
         try:
             return await self._answer(cluster)
@@ -363,10 +411,12 @@ class Gateway:
             if not retryable or not reason.startswith("low_confidence") or self.clock() >= deadline_at:
                 raise
             fallback = Decision("edge", f"{reason};cluster_unavailable:{exc.code}", decision.prompt_tokens)
+            self.metrics.fallback("edge", "degrade")
             again = _RetryLoop(self, request, fallback, request_id, deadline_at, prior_attempts=cluster.total_attempts)
             return await self._answer(again)
 
     async def _answer(self, loop: _RetryLoop) -> Routed:
+        await self.refresh_health()
         await self.refresh_load(loop.decision.tier)
         decision = loop.decision
         if loop.request.stream:
@@ -388,6 +438,7 @@ class Gateway:
                 await response.aclose()
                 state.in_flight -= 1
             loop.succeeded(state)
+            self.metrics.usage(decision.tier, state.endpoint.name, completion.get("usage"))
             return Routed(
                 decision,
                 state.endpoint,
@@ -427,6 +478,11 @@ class Gateway:
                 upstream_headers=relayed_headers(response.headers),
             )
 
+    def _count_usage(self, loop: _RetryLoop, state: EndpointState, chunk: dict[str, Any]) -> None:
+        """Token counts from a stream's usage chunk (``stream_options.include_usage``)."""
+        if chunk.get("usage"):
+            self.metrics.usage(loop.decision.tier, state.endpoint.name, chunk["usage"])
+
     async def _relay(
         self, loop: _RetryLoop, state: EndpointState, upstream: _UpstreamStream, content_started: bool
     ) -> AsyncIterator[bytes]:
@@ -455,6 +511,7 @@ class Gateway:
                     upstream = current = _UpstreamStream(response)
             finished = any(_finish_reason(c) for c in upstream.buffered)
             for chunk in upstream.buffered:
+                self._count_usage(loop, state, chunk)
                 yield sse_data(chunk)
             upstream.buffered.clear()
             idle = state.endpoint.timeouts.idle
@@ -463,6 +520,7 @@ class Gateway:
                 kind, item = await upstream.get(min(idle, left))
                 if kind == "chunk":
                     finished = finished or _finish_reason(item)
+                    self._count_usage(loop, state, item)
                     yield sse_data(item)
                 elif kind == "done" and finished:
                     yield DONE
@@ -730,6 +788,10 @@ class _RetryLoop:
                     self.notes.append(f"{name}: wait of {wait:.3g} s exceeds the time left")
                     continue
                 await gw.sleep(wait)
+            if self.tried.get(name):
+                gw.metrics.retry(self.decision.tier, name)
+            elif self.attempts:
+                gw.metrics.fallback(self.decision.tier, "endpoint")
             self.attempts += 1
             self.tried[name] = self.tried.get(name, 0) + 1
             self.current = state

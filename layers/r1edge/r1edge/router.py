@@ -1,6 +1,6 @@
 """The router as an ASGI app: OpenAI-compatible ``/v1/chat/completions`` and ``/v1/models``,
-plus ``/health`` (200 once every endpoint answers) and ``/ping`` (200 as soon as the app is up:
-the Lambda Web Adapter's readiness check).
+plus ``/health`` (200 once every endpoint answers), ``/ping`` (200 as soon as the app is up:
+the Lambda Web Adapter's readiness check) and ``/metrics`` (Prometheus text, no API key).
 
 Served by uvicorn locally and by the Lambda Web Adapter in AWS (DESIGN.md, "Streaming in
 Lambda"). The routing config is read at startup from ``R1EDGE_CONFIG`` (a file path or
@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 from aws_lambda_powertools import Logger
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -26,7 +27,9 @@ from r1edge import web
 from r1edge.config import RoutingConfig, load_config
 from r1edge.errors import ConfigError
 from r1edge.gateway import Gateway
+from r1edge.health import HealthView, view_from_env
 from r1edge.lambda_context import in_lambda, request_deadline
+from r1edge.metrics import PROMETHEUS_CONTENT_TYPE, MetricsMiddleware, Recorder
 from r1edge.relay import SSE_HEADERS
 from r1edge.reload import ConfigReloader
 from r1edge.upstream import Upstream
@@ -56,6 +59,8 @@ def create_app(
     wall_clock: Callable[[], float] = time.time,
     reloader: ConfigReloader | None = None,
     extra_routes: list[BaseRoute] | None = None,
+    recorder: Recorder | None = None,
+    health: HealthView | None = None,
     **gateway_options: Any,
 ) -> Starlette:
     """Build the router app.
@@ -69,9 +74,15 @@ def create_app(
         upstream: the HTTP transport; default: a new pooled :class:`~r1edge.upstream.Upstream`,
             closed at shutdown.
         wall_clock: seconds since the epoch, for the Lambda deadline (injected in tests).
+        recorder: where metrics go (default: a new :class:`~r1edge.metrics.Recorder` for
+            ``router``); served at ``/metrics`` and flushed as EMF after every request.
+        health: the health table's view; default: the table named by ``R1EDGE_HEALTH_TABLE``,
+            if set (:func:`r1edge.health.view_from_env`).
         gateway_options: passed to :class:`~r1edge.gateway.Gateway` (``clock``, ``sleep``,
             ``rng``; tests inject them so no wait is real).
     """
+
+    metrics = recorder or Recorder("router")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -83,7 +94,10 @@ def create_app(
             live = await anyio.to_thread.run_sync(lambda: ConfigReloader(source, max_age, dict(os.environ)))
         app.state.reloader = live
         initial = config or (live.config if live is not None else config_from_env())
-        app.state.gateway = Gateway(initial, upstream or Upstream(), wall_clock=wall_clock, **gateway_options)
+        view = health if health is not None else view_from_env(initial, os.environ)
+        app.state.gateway = Gateway(
+            initial, upstream or Upstream(), wall_clock=wall_clock, recorder=metrics, health=view, **gateway_options
+        )
         app.state.created = int(time.time())
         try:
             yield
@@ -135,7 +149,7 @@ def create_app(
     async def ping(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def health(request: Request) -> Response:
+    async def health_check(request: Request) -> Response:
         gateway = await current(request)
         results = await gateway.upstream.probe_all(gateway.config.endpoints)
         ok = all(r == "ok" for r in results.values())
@@ -143,17 +157,22 @@ def create_app(
             {"status": "ok" if ok else "unavailable", "endpoints": results}, status_code=200 if ok else 503
         )
 
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.prometheus_text(), media_type=PROMETHEUS_CONTENT_TYPE)
+
     app = Starlette(
         routes=[
             *(extra_routes or []),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
-            Route("/health", health, methods=["GET"]),
+            Route("/health", health_check, methods=["GET"]),
             Route("/ping", ping, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
         ],
-        middleware=web.middleware(),
+        middleware=[*web.middleware(), Middleware(MetricsMiddleware, recorder=metrics)],
         exception_handlers=web.EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.state.metrics = metrics
     app.router.redirect_slashes = False  # an unknown path is a 404 in the OpenAI shape, not a 307
     return app
