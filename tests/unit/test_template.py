@@ -27,6 +27,7 @@ ATTRS = {
     "EdgeFunctionUrl.FunctionUrl": "https://edge123.lambda-url.us-east-1.on.aws/",
     "RouterStreamFunctionUrl.FunctionUrl": "https://router123.lambda-url.us-east-1.on.aws/",
     "EdgeFunction.Arn": "arn:aws:lambda:us-east-1:123456789012:function:edge",
+    "HealthTable.Arn": "arn:aws:dynamodb:us-east-1:123456789012:table/health",
 }
 ROUTERS = ["RouterStreamFunction", "RouterBufferedFunction"]
 
@@ -153,14 +154,16 @@ def test_router_iam_is_least_privilege(name):
     resolver = Resolver(TEMPLATE, ATTRS)
     [policy] = resolver.resolve(RESOURCES[name]["Properties"]["Policies"])
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
-    assert set(by_sid) == {"InvokeEdgeFunctionUrl", "ReadClusterApiKey"}
+    assert set(by_sid) == {"ReadHealthTable", "InvokeEdgeFunctionUrl", "ReadClusterApiKey"}
+    assert by_sid["ReadHealthTable"]["Action"] == "dynamodb:Scan"  # the health table, read only
+    assert by_sid["ReadHealthTable"]["Resource"] == ATTRS["HealthTable.Arn"]
     assert sorted(by_sid["InvokeEdgeFunctionUrl"]["Action"]) == ["lambda:InvokeFunction", "lambda:InvokeFunctionUrl"]
     assert by_sid["InvokeEdgeFunctionUrl"]["Resource"] == ATTRS["EdgeFunction.Arn"]
     assert by_sid["ReadClusterApiKey"]["Action"] == "secretsmanager:GetSecretValue"
     assert by_sid["ReadClusterApiKey"]["Resource"].endswith(":secret:r1edge/cluster-api-key-??????")
     no_secret = Resolver(TEMPLATE, ATTRS, {"ClusterApiKeySecretName": ""})
     [policy] = no_secret.resolve(RESOURCES[name]["Properties"]["Policies"])
-    assert [s["Sid"] for s in policy["Statement"]] == ["InvokeEdgeFunctionUrl"]
+    assert [s["Sid"] for s in policy["Statement"]] == ["ReadHealthTable", "InvokeEdgeFunctionUrl"]
 
 
 def test_edge_is_an_iam_protected_streaming_container_image():
@@ -217,7 +220,11 @@ def test_outputs_give_every_url():
 def test_events_for_sam_local_invoke_exist_and_are_payload_v2():
     events = sorted((ROOT / "tests" / "events").glob("*.json"))
     assert len(events) >= 5
-    shapes = {"config-rest.json": "httpMethod", "config-cloudfront.json": "Records"}
+    shapes = {
+        "config-rest.json": "httpMethod",
+        "config-cloudfront.json": "Records",
+        "health-schedule.json": "detail-type",
+    }
     for path in events:
         if path.name in shapes:
             assert shapes[path.name] in json.loads(path.read_text())
