@@ -11,6 +11,10 @@ config, and the router's port also serves ``/v1/configs/*`` through the config f
 handler (``infra/local/localapp.py``). ``R1EDGE_CONFIG`` (or ``--config``) replaces the
 generated config, and then only the router starts.
 
+The health function's prober (``infra/local/prober.py``) probes the endpoints every 30 s into a
+``r1edge-health`` table in the same moto server (created from the template's ``HealthTable``),
+which the router reads.
+
 Router only (``make run-router``): just the router, against the endpoints of ``--config``.
 
 Readiness is polled, never slept for: each part's health URL until it answers 200, then the
@@ -108,6 +112,8 @@ def child_env(**extra: str) -> dict[str, str]:
     for name in ("PORT", "HOST", "CONFIG_FILE"):
         env.pop(name, None)
     env.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    # EMF lines are for CloudWatch; locally the router's GET /metrics shows the same metrics.
+    env.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     env.update(extra)
     return env
 
@@ -158,6 +164,49 @@ def seed_configs(endpoint: str, routing: str) -> int:
         )
     s3.put_object(Bucket=CONFIG_BUCKET, Key=CONFIG_PREFIX + "routing.json", Body=routing.encode())
     return len(files) + 1
+
+
+HEALTH_TABLE = "r1edge-health"
+#: Seconds between the local health prober's rounds (the health function's ``health.interval``).
+HEALTH_INTERVAL = 30.0
+
+
+def template_table(logical_id: str) -> dict[str, object]:
+    """``CreateTable`` arguments from a DynamoDB table in ``template.yaml`` (key schema, attribute
+    definitions, billing mode), so the local stack and the tests cannot drift from the template."""
+    from cfnlint.decode import cfn_yaml
+
+    props = cfn_yaml.load(str(ROOT / "template.yaml"))["Resources"][logical_id]["Properties"]
+    return {
+        "AttributeDefinitions": props["AttributeDefinitions"],
+        "KeySchema": props["KeySchema"],
+        "BillingMode": props["BillingMode"],
+    }
+
+
+def create_health_table(client: object, name: str = HEALTH_TABLE) -> str:
+    """Create the health table (the template's ``HealthTable``, with its TTL) with a boto3
+    DynamoDB client, and return its name. Other local tables are created the same way."""
+    client.create_table(TableName=name, **template_table("HealthTable"))  # type: ignore[attr-defined]
+    client.update_time_to_live(  # type: ignore[attr-defined]
+        TableName=name, TimeToLiveSpecification={"AttributeName": "expires_at", "Enabled": True}
+    )
+    return name
+
+
+def create_tables(endpoint: str) -> dict[str, str]:
+    """Create the local stack's DynamoDB tables in the moto server at ``endpoint``; return the
+    environment variables that name them (for the router and the prober)."""
+    import boto3
+
+    client = boto3.client(
+        "dynamodb",
+        endpoint_url=endpoint,
+        region_name=MOTO_ENV["AWS_DEFAULT_REGION"],
+        aws_access_key_id=MOTO_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=MOTO_ENV["AWS_SECRET_ACCESS_KEY"],
+    )
+    return {"R1EDGE_HEALTH_TABLE": create_health_table(client)}
 
 
 def generated_config(edge_port: int, cluster_port: int) -> str:
@@ -244,9 +293,13 @@ def main(argv: list[str] | None = None) -> int:
             s3_url = f"http://127.0.0.1:{s3_port}"
             wait_ready(stack, "local S3 (moto)", f"{s3_url}/moto-api/")
             seed_configs(s3_url, config_path.read_text())
+            tables = create_tables(s3_url)
             log(f"local S3 (moto)     {s3_url}   (bucket {CONFIG_BUCKET}: infra/local/configs/ and routing.json)")
+            log(f"local DynamoDB      {s3_url}   (tables {', '.join(sorted(tables.values()))})")
             router_env = {
                 **MOTO_ENV,
+                **tables,
+                "AWS_ENDPOINT_URL_DYNAMODB": s3_url,
                 "AWS_ENDPOINT_URL_S3": s3_url,
                 "CONFIG_BUCKET": CONFIG_BUCKET,
                 "CONFIG_PREFIX": CONFIG_PREFIX,
@@ -257,6 +310,17 @@ def main(argv: list[str] | None = None) -> int:
             log(f"edge model server   http://127.0.0.1:{edge_port}/v1   (n_ctx {EDGE_N_CTX})")
             wait_ready(stack, "cluster stand-in", f"http://127.0.0.1:{cluster_port}/v1/models")
             log(f"cluster stand-in    http://127.0.0.1:{cluster_port}/v1   (llama_cpp.server, n_ctx {CLUSTER_N_CTX})")
+            stack.start(
+                "health prober",
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve().parent / "prober.py"),
+                    "--interval",
+                    str(HEALTH_INTERVAL),
+                ],
+                child_env(R1EDGE_CONFIG=config_source, **router_env),
+            )
+            log(f"health prober       every {HEALTH_INTERVAL:g} s into table {tables['R1EDGE_HEALTH_TABLE']}")
         stack.start(
             "router",
             uvicorn_argv(router_app[0], args.host, args.port, router_app[1]),
