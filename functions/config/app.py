@@ -9,6 +9,7 @@ variant (``edge_handler``) reads ``edge-settings.json`` bundled beside this file
 
 from __future__ import annotations
 
+import time
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,13 @@ from aws_lambda_powertools.event_handler import (
 )
 from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
 
-from r1edge import cloudfront
+from r1edge import cloudfront, metrics
 from r1edge.configapi import ROUTE_PREFIX, ConfigResponse, ConfigSettings, serve, store_from_settings
 from r1edge.configstore import ConfigStore
 from r1edge.errors import NotFound, OpenAIError
 
 logger = Logger(service="r1edge-config")
+recorder = metrics.default("config")
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -84,8 +86,22 @@ function_url = _resolver(LambdaFunctionUrlResolver())
 
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Dispatch by event shape: CloudFront ``Records[0].cf``, payload 2.0 (a Function URL when
-    its ``domainName`` is a ``lambda-url`` one, else HTTP API), or REST API 1.0."""
+    """Dispatch by event shape (see :func:`_dispatch`); each answer is counted in the
+    ``Requests`` metric (route ``/v1/configs/{name}``, its status) and flushed as EMF."""
+    started = time.monotonic()
+    status = 500
+    try:
+        result = _dispatch(event, context)
+        status = int(result.get("statusCode") or result.get("status") or 200)
+        return result
+    finally:
+        recorder.request(ROUTE_PREFIX + "{name}", metrics.NONE, metrics.NONE, status, time.monotonic() - started)
+        recorder.flush()
+
+
+def _dispatch(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """CloudFront ``Records[0].cf``, payload 2.0 (a Function URL when its ``domainName`` is a
+    ``lambda-url`` one, else HTTP API), or REST API 1.0."""
     records = event.get("Records")
     if records and isinstance(records, list) and "cf" in records[0]:
         return cloudfront.handle_origin_request(event, lambda m, n, h: _answer(False, m, n, h))

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,8 @@ SIMPLE = "Say hello to my friend Anna."
 #: SIMPLE with about 0.33, at temperature 0: one stays at the edge, the other is escalated.
 CONFIDENT = "hi"
 HEAVY = "Prove that the square root of 2 is irrational."
+#: The development API key (issue 9: ``make run`` requires one when ``R1EDGE_API_KEY`` is set).
+API_KEY = "r1edge-local-test-key"
 
 
 def children(pid: int) -> list[int]:
@@ -50,7 +53,7 @@ class Stack:
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT,
-            env=dict(os.environ),
+            env={**os.environ, "R1EDGE_API_KEY": API_KEY},
         )
         self.output: list[str] = []
         for line in self.proc.stdout:  # type: ignore[union-attr]
@@ -164,7 +167,7 @@ def test_signal_stops_every_process_the_stack_started(sig):
     s = Stack()
     started = children(s.proc.pid)
     try:
-        assert len(started) == 4  # edge, cluster stand-in, local S3 (moto), router
+        assert len(started) == 5  # edge, cluster stand-in, local S3 (moto), health prober, router
     except AssertionError:
         s.stop()  # a failed count must not leave the stack running
         raise
@@ -193,6 +196,9 @@ def test_router_only_with_a_config_file(tmp_path, stack):
             model="edge", messages=[{"role": "user", "content": SIMPLE}], max_tokens=8
         )
         assert raw.headers["x-r1edge-upstream"] == "via-router"
+        metrics = httpx.get(s.base_url.removesuffix("/v1") + "/metrics", timeout=10)  # no API key needed
+        assert metrics.status_code == 200
+        assert 'r1edge_requests_total{endpoint="via-router",route="/v1/chat/completions"' in metrics.text
     finally:
         assert s.stop() == 0
 
@@ -215,3 +221,31 @@ def test_configs_are_served_on_the_router_port_from_the_local_s3(stack):
         assert http.get("/v1/configs/%2e%2e/secret").json()["error"]["code"] == "invalid_config_name"
         missing = http.get("/v1/configs/nope.yaml")
         assert (missing.status_code, missing.json()["error"]["code"]) == (404, "not_found")
+
+
+def test_metrics_and_the_health_table_under_make_run(stack):
+    """The prober writes the moto health table every 30 s (its first round at start-up); the
+    router reads it (every 5 s at most, on requests) and serves what it sees, with its request
+    counts, as Prometheus text at /metrics without an API key."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    base = stack.base_url.removesuffix("/v1")
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    body = {"model": "edge", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    values: dict[tuple[str, tuple], float] = {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert httpx.post(f"{stack.base_url}/chat/completions", json=body, headers=auth, timeout=60).status_code == 200
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+        values = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        if ("r1edge_endpoint_up", (("endpoint", "cluster-local"), ("tier", "cluster"))) in values:
+            break
+        time.sleep(1)
+    assert values[("r1edge_endpoint_up", (("endpoint", "cluster-local"), ("tier", "cluster")))] == 1.0
+    assert values[("r1edge_endpoint_up", (("endpoint", "edge-local"), ("tier", "edge")))] == 1.0
+    served = ("endpoint", "edge-local"), ("route", "/v1/chat/completions"), ("status", "200"), ("tier", "edge")
+    assert values[("r1edge_requests_total", served)] >= 1

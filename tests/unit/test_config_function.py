@@ -346,3 +346,12 @@ def test_cache_policies_per_prefix(app, monkeypatch):
     assert headers["cache-control"] == "public, max-age=3600, s-maxage=86400, stale-if-error=86400"
     _, headers, _ = call(app, "config-httpapi.json")
     assert headers["cache-control"] == DEFAULT_CACHE_CONTROL
+
+
+def test_every_answer_is_counted_as_an_emf_request_metric(app, capsys):
+    assert call(app, "config-httpapi.json")[0] == 200
+    assert call(app, "config-httpapi.json", name="nope.yaml")[0] == 404
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    requests = {(line["status"], line["route"]): line["Requests"] for line in emf if "Requests" in line}
+    assert requests == {("200", "/v1/configs/{name}"): [1.0], ("404", "/v1/configs/{name}"): [1.0]}
+    assert {line["service"] for line in emf} == {"config"}
