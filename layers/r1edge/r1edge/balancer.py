@@ -9,6 +9,10 @@ the preferred endpoint's latency estimate passes the threshold (default 500 ms) 
 available endpoint is faster, traffic moves to the faster one, and moves back only once the
 preferred one is below ``threshold * hysteresis`` (so it does not flap).
 When every endpoint is open, the one whose cooldown ends first is probed.
+
+Active health checks (:mod:`r1edge.health`) add to this: an endpoint a fresh health record marks
+``down`` is skipped while another of its tier is usable, and a record's engine load counts
+toward ``at_capacity`` when the router has no ``/metrics`` reading of its own.
 """
 
 from __future__ import annotations
