@@ -14,10 +14,15 @@ import contextlib
 import os
 import time
 
+from aws_lambda_powertools import Logger
+
 from r1edge import metrics
 from r1edge.health import TABLE_ENV, DynamoHealthStore, Prober
 from r1edge.router import config_from_env
 from r1edge.upstream import Upstream
+
+#: The parent of r1edge.health's child logger (Powertools child loggers write through it).
+logger = Logger(service="r1edge-health")
 
 
 async def probe_forever(interval: float) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from decimal import Decimal
@@ -214,7 +215,8 @@ class Prober:
         started = self.clock()
         try:
             with anyio.fail_after(self.config.health.completion_timeout):
-                response = await self.upstream.open_chat(endpoint, body, "r1edge-health-probe")
+                # a UUID request id: llama-cpp-python's server refuses any other with a 400
+                response = await self.upstream.open_chat(endpoint, body, str(uuid.uuid4()))
                 try:
                     raw = await response.aread()
                 finally:
