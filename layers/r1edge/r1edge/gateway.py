@@ -256,8 +256,7 @@ class Gateway:
         view = self.health
         if view is None:
             return
-        if view.due:
-            await anyio.to_thread.run_sync(view.refresh)
+        await view.refresh_if_due()
         fresh = view.fresh()
         for name, state in self.pool.states.items():
             record = fresh.get(name)

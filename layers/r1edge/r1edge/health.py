@@ -45,6 +45,11 @@ logger = Logger(service="r1edge-health", child=True)
 
 #: Environment variable naming the DynamoDB health table (unset: no active health checks).
 TABLE_ENV = "R1EDGE_HEALTH_TABLE"
+#: Seconds a request waits for a health-table read before routing without it (the read goes on
+#: in its thread and serves the next requests).
+READ_WAIT = 0.5
+#: botocore settings for the table: a slow DynamoDB must not hold requests or threads for long.
+CLIENT_CONFIG = {"connect_timeout": 1, "read_timeout": 2, "retries": {"total_max_attempts": 2, "mode": "standard"}}
 STATUSES = ("up", "overloaded", "down")
 
 
@@ -136,8 +141,9 @@ class DynamoHealthStore:
         if self._table is None:
             if self._resource is None:
                 import boto3  # lazily: never at import time
+                from botocore.config import Config
 
-                self._resource = boto3.resource("dynamodb")
+                self._resource = boto3.resource("dynamodb", config=Config(**CLIENT_CONFIG))
             self._table = self._resource.Table(self.table_name)
         return self._table
 
@@ -336,20 +342,34 @@ class HealthView:
         self.wall_clock = wall_clock
         self._records: dict[str, ProbeResult] = {}
         self._read_at: float | None = None
+        self.reading = False
 
     @property
     def due(self) -> bool:
-        """Whether the cached read is older than ``max_age`` (or there is none)."""
-        return self._read_at is None or self.wall_clock() - self._read_at >= self.max_age
+        """Whether the cached read is older than ``max_age`` (or there is none) and no read is
+        in flight."""
+        return not self.reading and (self._read_at is None or self.wall_clock() - self._read_at >= self.max_age)
 
     def refresh(self) -> None:
         """Re-read the table (blocking: the router calls it in a worker thread). A failed read
         keeps the previous records, which :meth:`fresh` lets age out."""
+        self.reading = True
         try:
             self._records = self.store.read_all()
         except Exception as exc:  # noqa: BLE001 - health data is advisory: routing goes on without it
             logger.warning("cannot read the health table", extra={"error": str(exc)})
-        self._read_at = self.wall_clock()
+        finally:
+            self._read_at = self.wall_clock()
+            self.reading = False
+
+    async def refresh_if_due(self, wait: float = READ_WAIT) -> None:
+        """:meth:`refresh` in a worker thread when :attr:`due`, waiting at most ``wait`` seconds
+        for it: a slower read finishes in its thread and serves later requests."""
+        if not self.due:
+            return
+        self.reading = True
+        with anyio.move_on_after(wait):
+            await anyio.to_thread.run_sync(self.refresh, abandon_on_cancel=True)
 
     def fresh(self) -> dict[str, ProbeResult]:
         """Records no older than ``stale_after`` seconds, by endpoint name."""
