@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from decimal import Decimal
 
 import boto3
@@ -267,3 +269,33 @@ def test_a_slow_completion_probe_moves_traffic_before_any_request_is_slow(health
         wall.now += 5
         ask(client)
         assert state.ttfb == pytest.approx(2.0)
+
+
+def test_a_slow_health_table_never_holds_a_request_for_long(health_table):
+    wall = Wall()
+    fake = FakeUpstream({"primary": [json_reply(completion())], "backup": [json_reply(completion())]})
+    put(health_table, "primary", "down", 5, wall)
+    store = DynamoHealthStore(health_table.name, _resource(health_table))
+    gate = threading.Event()
+    original = store.read_all
+
+    def slow_read():
+        gate.wait(10)
+        return original()
+
+    store.read_all = slow_read
+    view = HealthView(store, max_age=5, stale_after=90, wall_clock=wall)
+    with TestClient(
+        create_app(config(*PRIMARY_BACKUP), fake.upstream(), health=view, **FakeClock().options())
+    ) as client:
+        started = time.monotonic()
+        assert ask(client) == "primary"  # routed on passive signals after READ_WAIT (0.5 s)
+        assert time.monotonic() - started < 5
+        assert view.reading
+        assert ask(client) == "primary"  # one read in flight at a time: no second one started
+        gate.set()
+        for _ in range(100):
+            if not view.reading:
+                break
+            time.sleep(0.01)
+        assert ask(client) == "backup"  # the read finished in its thread and serves this request
