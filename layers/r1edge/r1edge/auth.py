@@ -40,6 +40,9 @@ logger = Logger(service="r1edge-router", child=True)
 
 #: Paths that need no key: health checks, the adapter's readiness check, metrics scrapes.
 PUBLIC_PATHS = frozenset({"/health", "/ping", "/metrics"})
+#: Path prefixes that need no key: config files, public in AWS (the config function behind
+#: CloudFront), which the local stack serves from the router's port.
+PUBLIC_PREFIXES = ("/v1/configs/",)
 #: Environment variable that turns on logging of prompt and completion text (``true``).
 LOG_CONTENT_ENV = "R1EDGE_LOG_CONTENT"
 
@@ -98,7 +101,8 @@ class ApiKeyMiddleware:
         self.guard = guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if scope["type"] != "http" or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
