@@ -183,3 +183,16 @@ def test_dynamodb_settle_bumps_the_version_and_skips_expired_items(table):
     assert store.load("key_missing") is None
     item = boto3.client("dynamodb").get_item(TableName=table, Key={"bucket_key": {"S": "key_d"}})["Item"]
     assert int(item["expires"]["N"]) > 1_000_000  # TTL attribute set
+
+
+def test_each_thread_gets_its_own_table_handle(table):
+    import threading
+
+    store = DynamoBucketStore(table)  # no resource given: one boto3 session per thread
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(store.table))
+    thread.start()
+    thread.join()
+    assert store.table is store.table
+    assert seen[0] is not store.table
+    assert seen[0].name == store.table.name == table

@@ -129,6 +129,13 @@ def test_health_and_ping_need_no_key(client, path):
     assert "x-ratelimit-limit-requests" not in response.headers
 
 
+def test_metrics_and_configs_paths_are_not_behind_keys(client):
+    # no such routes in this app: a 404 (not a 401) shows the key check let them through
+    assert client.get("/metrics").status_code == 404
+    assert client.get("/v1/configs/routing.json").status_code == 404
+    assert client.get("/v1/metrics").status_code == 401
+
+
 def test_the_tenant_comes_from_the_key(client, guard):
     key = add_key(guard, tenant="acme")
     other = add_key(guard, tenant="globex")

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from r1edge.ddb import TableHandle
 from r1edge.errors import OpenAIError
 
 #: Environment variables naming the keys table and the HMAC secret (name or ARN).
@@ -161,16 +162,11 @@ class DynamoKeyStore:
 
     def __init__(self, table_name: str, resource: Any = None) -> None:
         self.table_name = table_name
-        self._resource = resource
-        self._table: Any = None
+        self._handle = TableHandle(table_name, resource)
 
     @property
     def table(self) -> Any:
-        if self._table is None:
-            import boto3  # lazy: never at import time
-
-            self._table = (self._resource or boto3.resource("dynamodb")).Table(self.table_name)
-        return self._table
+        return self._handle.table
 
     def get(self, key_hash: str) -> ApiKey | None:
         item = self.table.get_item(Key={"key_hash": key_hash}, ConsistentRead=True).get("Item")

@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any, Protocol
 
+from r1edge.ddb import TableHandle
 from r1edge.errors import Overloaded, RateLimited
 
 #: Environment variable naming the limits table.
@@ -184,16 +185,11 @@ class DynamoBucketStore:
 
     def __init__(self, table_name: str, resource: Any = None) -> None:
         self.table_name = table_name
-        self._resource = resource
-        self._table: Any = None
+        self._handle = TableHandle(table_name, resource)
 
     @property
     def table(self) -> Any:
-        if self._table is None:
-            import boto3
-
-            self._table = (self._resource or boto3.resource("dynamodb")).Table(self.table_name)
-        return self._table
+        return self._handle.table
 
     def load(self, bucket_key: str) -> Buckets | None:
         item = self.table.get_item(Key={"bucket_key": bucket_key}, ConsistentRead=True).get("Item")

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from r1edge.ddb import TableHandle
+
 #: Environment variable naming the usage table.
 USAGE_TABLE_ENV = "R1EDGE_USAGE_TABLE"
 
@@ -63,16 +65,11 @@ class DynamoUsageStore:
 
     def __init__(self, table_name: str, resource: Any = None) -> None:
         self.table_name = table_name
-        self._resource = resource
-        self._table: Any = None
+        self._handle = TableHandle(table_name, resource)
 
     @property
     def table(self) -> Any:
-        if self._table is None:
-            import boto3
-
-            self._table = (self._resource or boto3.resource("dynamodb")).Table(self.table_name)
-        return self._table
+        return self._handle.table
 
     def add(self, tenant: str, period: str, requests: int, prompt_tokens: int, completion_tokens: int) -> None:
         self.table.update_item(
