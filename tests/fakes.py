@@ -156,3 +156,89 @@ class FakeClock:
     def options(self) -> dict[str, Any]:
         """Keyword arguments for ``create_app``/``Gateway``."""
         return {"clock": self, "sleep": self.sleep, "wall_clock": self.wall}
+
+
+class MemoryKeyStore:
+    """In-memory :class:`r1edge.keys.KeyStore`."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, Any] = {}
+
+    def get(self, key_hash: str) -> Any:
+        return self.items.get(key_hash)
+
+    def put(self, key: Any) -> None:
+        self.items[key.key_hash] = key
+
+    def all(self) -> list[Any]:
+        return list(self.items.values())
+
+    def set_status(self, key_hash: str, status: str) -> None:
+        from dataclasses import replace
+
+        self.items[key_hash] = replace(self.items[key_hash], status=status)
+
+
+class MemoryBucketStore:
+    """In-memory :class:`r1edge.ratelimit.BucketStore` with the same version check as DynamoDB's."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, Any] = {}
+
+    def load(self, bucket_key: str) -> Any:
+        return self.items.get(bucket_key)
+
+    def save(self, bucket_key: str, buckets: Any, expected_version: int) -> bool:
+        from dataclasses import replace
+
+        current = self.items.get(bucket_key)
+        if (current.version if current is not None else -1) != expected_version:
+            return False
+        self.items[bucket_key] = replace(buckets, version=expected_version + 1)
+        return True
+
+    def add_tokens(self, bucket_key: str, delta: float) -> None:
+        from dataclasses import replace
+
+        current = self.items.get(bucket_key)
+        if current is not None:
+            self.items[bucket_key] = replace(current, tokens=current.tokens + delta, version=current.version + 1)
+
+
+class MemoryUsageStore:
+    """In-memory :class:`r1edge.usage.UsageStore`: ``{(tenant, period): [requests, prompt, completion]}``."""
+
+    def __init__(self) -> None:
+        self.items: dict[tuple[str, str], list[int]] = {}
+
+    def add(self, tenant: str, period: str, requests: int, prompt_tokens: int, completion_tokens: int) -> None:
+        row = self.items.setdefault((tenant, period), [0, 0, 0])
+        row[0] += requests
+        row[1] += prompt_tokens
+        row[2] += completion_tokens
+
+
+HMAC_SECRET = "test-hmac-secret"
+
+
+def memory_guard(clock: Callable[[], float] | None = None) -> Any:
+    """A :class:`r1edge.auth.Guard` on in-memory stores (``guard.authenticator.store`` etc.)."""
+    from r1edge.auth import Guard
+    from r1edge.keys import Authenticator
+    from r1edge.ratelimit import RateLimiter
+    from r1edge.usage import UsageRecorder
+
+    clock = clock or time.time
+    return Guard(
+        Authenticator(MemoryKeyStore(), lambda: HMAC_SECRET),
+        RateLimiter(MemoryBucketStore(), clock=clock),
+        UsageRecorder(MemoryUsageStore(), clock=clock),
+    )
+
+
+def add_key(guard: Any, tenant: str = "acme", rpm: int = 600, tpm: int = 1_000_000, key: str | None = None) -> str:
+    """Create a key in ``guard``'s store; return the key."""
+    from r1edge.keys import create_key
+
+    created, _ = create_key(guard.authenticator.store, HMAC_SECRET, tenant, rpm, tpm, key)
+    return created

@@ -9,6 +9,7 @@ variant (``edge_handler``) reads ``edge-settings.json`` bundled beside this file
 
 from __future__ import annotations
 
+import json
 import time
 from functools import cache
 from pathlib import Path
@@ -24,6 +25,7 @@ from aws_lambda_powertools.event_handler import (
 from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
 
 from r1edge import cloudfront, metrics
+from r1edge.apigw import event_body
 from r1edge.configapi import ROUTE_PREFIX, ConfigResponse, ConfigSettings, serve, store_from_settings
 from r1edge.configstore import ConfigStore
 from r1edge.errors import NotFound, OpenAIError
@@ -84,6 +86,16 @@ rest_api = _resolver(APIGatewayRestResolver())
 function_url = _resolver(LambdaFunctionUrlResolver())
 
 
+def _proxy_error(event: dict[str, Any], exc: OpenAIError) -> dict[str, Any]:
+    """A proxy-integration result (payload 2.0 or 1.0 shape alike) for an error found before routing."""
+    return {
+        "statusCode": exc.status,
+        "headers": {"Content-Type": "application/json", **exc.headers},
+        "body": json.dumps(exc.body()),
+        "isBase64Encoded": False,
+    }
+
+
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """Dispatch by event shape (see :func:`_dispatch`); each answer is counted in the
@@ -105,6 +117,12 @@ def _dispatch(event: dict[str, Any], context: Any) -> dict[str, Any]:
     records = event.get("Records")
     if records and isinstance(records, list) and "cf" in records[0]:
         return cloudfront.handle_origin_request(event, lambda m, n, h: _answer(False, m, n, h))
+    try:
+        body = event_body(event)  # base64 decoded, size-checked and UTF-8 before anything reads it
+    except OpenAIError as exc:
+        return _proxy_error(event, exc)
+    if event.get("body") is not None:
+        event = {**event, "body": body, "isBase64Encoded": False}
     if event.get("version") == "2.0":
         domain = str((event.get("requestContext") or {}).get("domainName", ""))
         app = function_url if ".lambda-url." in domain else http_api

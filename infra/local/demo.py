@@ -67,9 +67,11 @@ def router_healthy(base_url: str) -> bool:
 
 @contextmanager
 def stack_at(base_url: str | None):
-    """Yield a base URL of a healthy router: the given one, or a local stack started here."""
+    """Yield ``(base URL, API key)`` of a healthy router: the given one with ``R1EDGE_API_KEY``,
+    or a local stack started here with the development key it prints (``R1EDGE_API_KEY`` from
+    the environment when set: run.py then uses that value)."""
     if base_url and router_healthy(base_url):
-        yield base_url
+        yield base_url, os.environ.get("R1EDGE_API_KEY", "")
         return
     from run import free_port  # run.py sits beside this script, on sys.path[0]
 
@@ -79,13 +81,16 @@ def stack_at(base_url: str | None):
         [sys.executable, str(HERE / "run.py"), "--port", str(port)], stdout=subprocess.PIPE, text=True
     )
     try:
+        key = os.environ.get("R1EDGE_API_KEY", "")
         for line in proc.stdout:  # type: ignore[union-attr]
             print(line, end="", flush=True)
+            if line.startswith("R1EDGE_API_KEY="):
+                key = line.strip().split("=", 1)[1]
             if line.startswith('{"ready": true'):
                 break
         else:
             raise SystemExit(f"the local stack did not start (exit status {proc.wait()})")
-        yield f"http://127.0.0.1:{port}/v1"
+        yield f"http://127.0.0.1:{port}/v1", key
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -190,10 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     questions = load_questions(args.questions)
 
     rows: list[dict[str, Any]] = []
-    with stack_at(args.base_url) as base_url:
-        client = OpenAI(
-            base_url=base_url, api_key=os.environ.get("R1EDGE_API_KEY", "unused"), timeout=600, max_retries=0
-        )
+    with stack_at(args.base_url) as (base_url, api_key):
+        client = OpenAI(base_url=base_url, api_key=api_key or "unset", timeout=600, max_retries=0)
         print(
             f"[demo] {len(questions)} prompts from {args.questions} through {base_url}, max_tokens {args.max_tokens}",
             flush=True,

@@ -17,6 +17,12 @@ which the router reads.
 
 Router only (``make run-router``): just the router, against the endpoints of ``--config``.
 
+API keys are always on: a moto server (the local S3 one, or one of its own in router-only mode)
+holds the keys, limits and usage tables and the HMAC secret, and one development key (tenant
+``dev``, 600 requests and 1,000,000 tokens per minute) is created and printed as a line
+``R1EDGE_API_KEY=<key>`` just before the ready line; when ``R1EDGE_API_KEY`` is set in the
+environment, that value is the development key.
+
 Readiness is polled, never slept for: each part's health URL until it answers 200, then the
 router's ``/health``, which is 200 once every endpoint answers (router only: its ``/ping``, so a
 config naming an endpoint that is down still starts). SIGINT or SIGTERM stops every
@@ -67,8 +73,10 @@ class Stack:
     def __init__(self) -> None:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        self.procs.append((name, subprocess.Popen(argv, env=env, cwd=ROOT)))
+    def start(self, name: str, argv: list[str], env: dict[str, str], quiet: bool = False) -> None:
+        """Start a process; ``quiet`` sends its output to /dev/null (moto logs every request)."""
+        output = subprocess.DEVNULL if quiet else None
+        self.procs.append((name, subprocess.Popen(argv, env=env, cwd=ROOT, stdout=output, stderr=output)))
 
     def check_alive(self) -> None:
         for name, proc in self.procs:
@@ -209,6 +217,52 @@ def create_tables(endpoint: str) -> dict[str, str]:
     return {"R1EDGE_HEALTH_TABLE": create_health_table(client)}
 
 
+KEYS_TABLE, LIMITS_TABLE, USAGE_TABLE = "r1edge-keys", "r1edge-limits", "r1edge-usage"
+KEYS_SECRET = "r1edge/api-key-hmac"
+#: The development key's tenant and limits (requests and tokens per minute).
+DEV_TENANT, DEV_RPM, DEV_TPM = "dev", 600, 1_000_000
+
+
+def setup_api_keys(endpoint: str, dev_key: str | None) -> tuple[dict[str, str], str]:
+    """Create the keys, limits and usage tables and the HMAC secret (a new random value) in the
+    local moto server at ``endpoint``, and the development key (tenant ``dev``, :data:`DEV_RPM`
+    requests and :data:`DEV_TPM` tokens per minute): ``dev_key`` verbatim when given, else a new
+    one. Return the router's environment for them and the key."""
+    import secrets
+
+    import boto3
+
+    from r1edge.keys import KEYS_TABLE_SCHEMA, DynamoKeyStore, create_key
+    from r1edge.ratelimit import LIMITS_TABLE_SCHEMA
+    from r1edge.usage import USAGE_TABLE_SCHEMA
+
+    session = boto3.Session(
+        region_name=MOTO_ENV["AWS_DEFAULT_REGION"],
+        aws_access_key_id=MOTO_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=MOTO_ENV["AWS_SECRET_ACCESS_KEY"],
+    )
+    dynamodb = session.client("dynamodb", endpoint_url=endpoint)
+    for name, schema in (
+        (KEYS_TABLE, KEYS_TABLE_SCHEMA),
+        (LIMITS_TABLE, LIMITS_TABLE_SCHEMA),
+        (USAGE_TABLE, USAGE_TABLE_SCHEMA),
+    ):
+        dynamodb.create_table(TableName=name, **schema)
+    hmac_secret = secrets.token_urlsafe(48)
+    session.client("secretsmanager", endpoint_url=endpoint).create_secret(Name=KEYS_SECRET, SecretString=hmac_secret)
+    store = DynamoKeyStore(KEYS_TABLE, session.resource("dynamodb", endpoint_url=endpoint))
+    key, _ = create_key(store, hmac_secret, DEV_TENANT, DEV_RPM, DEV_TPM, key=dev_key or None)
+    env = {
+        "AWS_ENDPOINT_URL_DYNAMODB": endpoint,
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER": endpoint,
+        "R1EDGE_KEYS_TABLE": KEYS_TABLE,
+        "R1EDGE_KEYS_SECRET": KEYS_SECRET,
+        "R1EDGE_LIMITS_TABLE": LIMITS_TABLE,
+        "R1EDGE_USAGE_TABLE": USAGE_TABLE,
+    }
+    return env, key
+
+
 def generated_config(edge_port: int, cluster_port: int) -> str:
     """The routing config for the full local stack (DESIGN.md format), as JSON text."""
     config = parse_config(
@@ -248,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config_source = args.config
         router_env: dict[str, str] = {}
+        aws_url: str | None = None
         router_app = ("router", None)
         if config_source is None:
             model = resolve_model_path()
@@ -286,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                 "local S3 (moto)",
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
                 child_env(**MOTO_ENV),
+                quiet=True,
             )
             config_path = Path(workdir.name) / "routing.json"
             config_path.write_text(generated_config(edge_port, cluster_port))
@@ -306,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                 "CONFIG_CACHE_DIR": str(Path(workdir.name) / "configs-cache"),
             }
             router_app = ("localapp", Path(__file__).resolve().parent)
+            aws_url = s3_url
             wait_ready(stack, "edge", f"http://127.0.0.1:{edge_port}/health")
             log(f"edge model server   http://127.0.0.1:{edge_port}/v1   (n_ctx {EDGE_N_CTX})")
             wait_ready(stack, "cluster stand-in", f"http://127.0.0.1:{cluster_port}/v1/models")
@@ -321,6 +378,28 @@ def main(argv: list[str] | None = None) -> int:
                 child_env(R1EDGE_CONFIG=config_source, **router_env),
             )
             log(f"health prober       every {HEALTH_INTERVAL:g} s into table {tables['R1EDGE_HEALTH_TABLE']}")
+        if aws_url is None:  # router only: a moto server for the API keys
+            aws_port = free_port()
+            stack.start(
+                "local AWS (moto)",
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(aws_port)],
+                child_env(**MOTO_ENV),
+                quiet=True,
+            )
+            aws_url = f"http://127.0.0.1:{aws_port}"
+            wait_ready(stack, "local AWS (moto)", f"{aws_url}/moto-api/")
+            if not any(os.environ.get(v) for v in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE")):
+                router_env.update(MOTO_ENV)  # moto takes any credentials; boto3 needs some
+        keys_env, dev_key = setup_api_keys(aws_url, os.environ.get("R1EDGE_API_KEY"))
+        router_env.update(keys_env)
+        log(
+            f"API keys            DynamoDB {KEYS_TABLE} at {aws_url}; development key: tenant {DEV_TENANT}, "
+            f"{DEV_RPM} requests/min, {DEV_TPM} tokens/min"
+        )
+        log(
+            f"manage keys:        AWS_ENDPOINT_URL_DYNAMODB={aws_url} AWS_ENDPOINT_URL_SECRETS_MANAGER={aws_url} "
+            f"R1EDGE_KEYS_TABLE={KEYS_TABLE} R1EDGE_KEYS_SECRET={KEYS_SECRET} make keys ARGS=list"
+        )
         stack.start(
             "router",
             uvicorn_argv(router_app[0], args.host, args.port, router_app[1]),
@@ -336,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"ready: the router is up; GET http://{args.host}:{args.port}/health checks its endpoints.")
         else:
             log(f"ready: GET http://{args.host}:{args.port}/health is 200. Ctrl-C stops everything.")
+        print(f"R1EDGE_API_KEY={dev_key}", flush=True)
         print(json.dumps({"ready": True, "router": f"http://{args.host}:{args.port}/v1"}), flush=True)
         while True:
             stack.check_alive()

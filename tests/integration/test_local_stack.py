@@ -27,8 +27,6 @@ SIMPLE = "Say hello to my friend Anna."
 #: SIMPLE with about 0.33, at temperature 0: one stays at the edge, the other is escalated.
 CONFIDENT = "hi"
 HEAVY = "Prove that the square root of 2 is irrational."
-#: The development API key (issue 9: ``make run`` requires one when ``R1EDGE_API_KEY`` is set).
-API_KEY = "r1edge-local-test-key"
 
 
 def children(pid: int) -> list[int]:
@@ -45,24 +43,39 @@ def alive(pid: int) -> bool:
     return "\nState:\tZ" not in status  # a zombie has exited
 
 
+#: The development key the tests give the stack (``R1EDGE_API_KEY`` in its environment).
+API_KEY = "r1e-local-stack-test-key"
+
+
 class Stack:
-    def __init__(self, *args: str) -> None:
+    """``run.py`` with ``args``; ``api_key`` is put in its environment as ``R1EDGE_API_KEY``
+    (``None``: removed, so the stack makes a key); ``self.api_key`` is the key it printed."""
+
+    def __init__(self, *args: str, api_key: str | None = API_KEY, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
+        environ = {**os.environ, **(env or {})}
+        environ.pop("R1EDGE_API_KEY", None)
+        if api_key is not None:
+            environ["R1EDGE_API_KEY"] = api_key
         self.proc = subprocess.Popen(
             [sys.executable, str(RUN), "--port", str(self.port), *args],
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT,
-            env={**os.environ, "R1EDGE_API_KEY": API_KEY},
+            env=environ,
         )
         self.output: list[str] = []
+        self.api_key = ""
         for line in self.proc.stdout:  # type: ignore[union-attr]
             self.output.append(line)
+            if line.startswith("R1EDGE_API_KEY="):
+                self.api_key = line.strip().split("=", 1)[1]
             if line.startswith('{"ready": true'):
                 break
         else:
             raise RuntimeError("stack did not start:\n" + "".join(self.output))
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.auth = {"Authorization": f"Bearer {self.api_key}"}
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         self.proc.send_signal(sig)
@@ -78,7 +91,8 @@ def stack():
 
 @pytest.fixture(scope="module")
 def client(stack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack.base_url, api_key="unused", max_retries=0, timeout=300)
+    assert stack.api_key == API_KEY  # R1EDGE_API_KEY from the environment, verbatim
+    return openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0, timeout=300)
 
 
 CASES = [
@@ -132,7 +146,9 @@ def test_openai_client_streamed(client, model, prompt, route):
 
 def test_raw_sse_ends_with_done(stack):
     body = {"model": "deepseek-r1", "messages": [{"role": "user", "content": SIMPLE}], "max_tokens": 8, "stream": True}
-    with httpx.stream("POST", f"{stack.base_url}/chat/completions", json=body, timeout=120) as response:
+    with httpx.stream(
+        "POST", f"{stack.base_url}/chat/completions", json=body, headers=stack.auth, timeout=120
+    ) as response:
         text = "".join(response.iter_text())
     events = [e for e in text.split("\n\n") if e.strip()]
     assert events[-1] == "data: [DONE]"
@@ -182,16 +198,21 @@ def test_router_only_with_a_config_file(tmp_path, stack):
     edge_url = f"http://127.0.0.1:{stack.port}/v1"  # the full stack's router, as an upstream
     dead = f"http://127.0.0.1:{free_port()}/v1"  # a backup that is down must not stop the start
     config.write_text(
-        f"endpoints:\n  - {{name: via-router, url: '{edge_url}', tier: edge}}\n"
+        f"endpoints:\n  - {{name: via-router, url: '{edge_url}', tier: edge,\n"
+        "     auth: {type: bearer, env: FULL_STACK_KEY}}\n"
         f"  - {{name: dead-backup, url: '{dead}', tier: edge, priority: 1}}\n"
     )
-    s = Stack("--router-only", "--config", str(config))
+    # the full stack's router needs its key: this router sends it as the endpoint's bearer token
+    s = Stack("--router-only", "--config", str(config), api_key=None, env={"FULL_STACK_KEY": stack.api_key})
     try:
-        assert len(children(s.proc.pid)) == 1
+        assert len(children(s.proc.pid)) == 2  # the router and its local AWS (moto) for the API keys
+        assert s.api_key.startswith("r1e-")  # no R1EDGE_API_KEY given: a new development key, printed
+        assert s.api_key != stack.api_key
         health = httpx.get(s.base_url.removesuffix("/v1") + "/health", timeout=10)
         assert health.status_code == 503
         assert health.json()["endpoints"]["via-router"] == "ok"
-        client = openai.OpenAI(base_url=s.base_url, api_key="unused", max_retries=0)
+        assert httpx.get(f"{s.base_url}/models", timeout=10).status_code == 401
+        client = openai.OpenAI(base_url=s.base_url, api_key=s.api_key, max_retries=0)
         raw = client.chat.completions.with_raw_response.create(
             model="edge", messages=[{"role": "user", "content": SIMPLE}], max_tokens=8
         )
@@ -283,3 +304,21 @@ def health_records(stack) -> dict[str, dict]:
         aws_secret_access_key=MOTO_ENV["AWS_SECRET_ACCESS_KEY"],
     )
     return {item["endpoint"]: item for item in client.Table(HEALTH_TABLE).scan()["Items"]}
+
+
+def test_api_keys_on_the_local_stack(stack):
+    """The development key works in either header; no key or another key is a 401; answers carry
+    the development key's limits (600 requests and 1,000,000 tokens per minute)."""
+    assert f"R1EDGE_API_KEY={API_KEY}\n" in stack.output
+    body = {"model": "edge", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    with httpx.Client(base_url=stack.base_url, timeout=120) as http:
+        assert http.post("/chat/completions", json=body).status_code == 401
+        wrong = http.post("/chat/completions", json=body, headers={"Authorization": "Bearer r1e-wrong"})
+        assert (wrong.status_code, wrong.json()["error"]["code"]) == (401, "invalid_api_key")
+        ok = http.post("/chat/completions", json=body, headers={"x-api-key": API_KEY})
+        assert ok.status_code == 200
+        assert ok.headers["x-ratelimit-limit-requests"] == "600"
+        assert ok.headers["x-ratelimit-limit-tokens"] == "1000000"
+        assert int(ok.headers["x-ratelimit-remaining-requests"]) < 600
+        assert http.get("/models", headers=stack.auth).status_code == 200
+    assert httpx.get(f"http://127.0.0.1:{stack.port}/health", timeout=30).status_code == 200  # no key needed

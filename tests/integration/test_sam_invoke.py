@@ -74,6 +74,41 @@ def edge_server():
     mp.undo()
 
 
+#: The API key in the router events (tests/events/router-*.json): created in moto for the tests.
+EVENTS_KEY = "r1e-example-events-key"
+
+
+@pytest.fixture
+def api_keys(monkeypatch):
+    """moto with the template's key resources under their logical ids (what the resolver gives a
+    resource's Ref), and the events' key, so the routers' template environment works as is."""
+    from aws_lambda_powertools.utilities import parameters
+    from moto import mock_aws
+
+    from r1edge.keys import KEYS_TABLE_SCHEMA, DynamoKeyStore, create_key
+    from r1edge.ratelimit import LIMITS_TABLE_SCHEMA
+    from r1edge.usage import USAGE_TABLE_SCHEMA
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    parameters.clear_caches()
+    with mock_aws():
+        import boto3
+
+        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+        for table, schema in (
+            ("ApiKeysTable", KEYS_TABLE_SCHEMA),
+            ("RateLimitsTable", LIMITS_TABLE_SCHEMA),
+            ("UsageTable", USAGE_TABLE_SCHEMA),
+        ):
+            dynamodb.create_table(TableName=table, **schema)
+        boto3.client("secretsmanager", region_name="us-east-1").create_secret(
+            Name="ApiKeyHashSecret", SecretString="events-hmac-secret"
+        )
+        create_key(DynamoKeyStore("ApiKeysTable"), "events-hmac-secret", "events", key=EVENTS_KEY)
+        yield
+    parameters.clear_caches()
+
+
 def router_client(name: str, edge_url: str, monkeypatch) -> TestClient:
     props = RESOURCES[name]["Properties"]
     attrs = {"EdgeFunctionUrl.FunctionUrl": edge_url, "EdgeFunction.Arn": "arn:aws:lambda:us-east-1:1:function:e"}
@@ -99,9 +134,13 @@ def invoke(client: TestClient, event_name: str, function: str):
 
 
 @pytest.mark.parametrize("name", ["RouterStreamFunction", "RouterBufferedFunction"])
-def test_router_functions_answer_their_events(name, edge_server, monkeypatch):
+def test_router_functions_answer_their_events(name, edge_server, monkeypatch, api_keys):
     with router_client(name, edge_server, monkeypatch) as client:
         assert client.get("/ping").status_code == 200  # the adapter's readiness check
+        keyless = load_event("router-stream-models.json")
+        del keyless["headers"]["authorization"]
+        refused = client.request(**adapter_request(keyless, deadline_ms(30)))
+        assert (refused.status_code, refused.json()["error"]["code"]) == (401, "invalid_api_key")
         models = invoke(client, "router-stream-models.json", name)
         assert [m["id"] for m in models.json()["data"]] == ["auto", "edge", "deepseek-r1"]
         invalid = invoke(client, "router-stream-invalid.json", name)
@@ -112,9 +151,10 @@ def test_router_functions_answer_their_events(name, edge_server, monkeypatch):
         assert chat.headers["x-r1edge-route"] == "edge"
         assert chat.headers["x-r1edge-upstream"] == "edge-lambda"
         assert chat.json()["choices"][0]["message"]["content"]
+        assert chat.headers["x-ratelimit-limit-requests"] == "60"  # the events key's default limits
 
 
-def test_streaming_router_streams_through_the_signed_edge(edge_server, monkeypatch):
+def test_streaming_router_streams_through_the_signed_edge(edge_server, monkeypatch, api_keys):
     seen: list[str] = []
     with router_client("RouterStreamFunction", edge_server, monkeypatch) as client:
         upstream = client.app.state.gateway.upstream

@@ -28,6 +28,9 @@ ATTRS = {
     "RouterStreamFunctionUrl.FunctionUrl": "https://router123.lambda-url.us-east-1.on.aws/",
     "EdgeFunction.Arn": "arn:aws:lambda:us-east-1:123456789012:function:edge",
     "HealthTable.Arn": "arn:aws:dynamodb:us-east-1:123456789012:table/health",
+    "ApiKeysTable.Arn": "arn:aws:dynamodb:us-east-1:123456789012:table/keys",
+    "RateLimitsTable.Arn": "arn:aws:dynamodb:us-east-1:123456789012:table/limits",
+    "UsageTable.Arn": "arn:aws:dynamodb:us-east-1:123456789012:table/usage",
 }
 ROUTERS = ["RouterStreamFunction", "RouterBufferedFunction"]
 
@@ -154,16 +157,38 @@ def test_router_iam_is_least_privilege(name):
     resolver = Resolver(TEMPLATE, ATTRS)
     [policy] = resolver.resolve(RESOURCES[name]["Properties"]["Policies"])
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
-    assert set(by_sid) == {"ReadHealthTable", "InvokeEdgeFunctionUrl", "ReadClusterApiKey"}
     assert by_sid["ReadHealthTable"]["Action"] == "dynamodb:Scan"  # the health table, read only
     assert by_sid["ReadHealthTable"]["Resource"] == ATTRS["HealthTable.Arn"]
+    assert set(by_sid) == {
+        "ReadHealthTable",
+        "InvokeEdgeFunctionUrl",
+        "ReadClusterApiKey",
+        "ReadApiKeys",
+        "ReadApiKeyHashSecret",
+        "UpdateRateLimits",
+        "RecordUsage",
+    }
+    assert by_sid["ReadApiKeys"]["Action"] == "dynamodb:GetItem"  # keys are written by the CLI, not the router
+    assert by_sid["ReadApiKeys"]["Resource"] == ATTRS["ApiKeysTable.Arn"]
+    assert by_sid["ReadApiKeyHashSecret"]["Resource"] == "ApiKeyHashSecret"  # the secret's own ARN (its Ref)
+    assert sorted(by_sid["UpdateRateLimits"]["Action"]) == [
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+    ]
+    assert by_sid["UpdateRateLimits"]["Resource"] == ATTRS["RateLimitsTable.Arn"]
+    assert (by_sid["RecordUsage"]["Action"], by_sid["RecordUsage"]["Resource"]) == (
+        "dynamodb:UpdateItem",
+        ATTRS["UsageTable.Arn"],
+    )
     assert sorted(by_sid["InvokeEdgeFunctionUrl"]["Action"]) == ["lambda:InvokeFunction", "lambda:InvokeFunctionUrl"]
     assert by_sid["InvokeEdgeFunctionUrl"]["Resource"] == ATTRS["EdgeFunction.Arn"]
     assert by_sid["ReadClusterApiKey"]["Action"] == "secretsmanager:GetSecretValue"
     assert by_sid["ReadClusterApiKey"]["Resource"].endswith(":secret:r1edge/cluster-api-key-??????")
     no_secret = Resolver(TEMPLATE, ATTRS, {"ClusterApiKeySecretName": ""})
     [policy] = no_secret.resolve(RESOURCES[name]["Properties"]["Policies"])
-    assert [s["Sid"] for s in policy["Statement"]] == ["ReadHealthTable", "InvokeEdgeFunctionUrl"]
+    assert "ReadClusterApiKey" not in [s["Sid"] for s in policy["Statement"]]
+    assert "ReadHealthTable" in [s["Sid"] for s in policy["Statement"]]
 
 
 def test_edge_is_an_iam_protected_streaming_container_image():

@@ -9,10 +9,16 @@ header names in lower case, repeated headers joined with commas, cookies in ``co
 from __future__ import annotations
 
 import base64
+import binascii
 import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
+
+from r1edge.errors import InvalidRequest, RequestTooLarge
+
+#: Largest request body (decoded bytes) a plain Lambda handler accepts: 1 MiB.
+MAX_EVENT_BODY_BYTES = 1024 * 1024
 
 
 def http_api_event(
@@ -77,3 +83,37 @@ def http_response(result: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
     body = result.get("body") or ""
     raw = base64.b64decode(body) if result.get("isBase64Encoded") else str(body).encode("utf-8")
     return int(result.get("statusCode", 200)), headers, raw
+
+
+def event_body(event: dict[str, Any], max_bytes: int = MAX_EVENT_BODY_BYTES) -> str:
+    """The body of an API Gateway (payload 1.0 or 2.0) or Function URL event as text: decoded
+    from base64 first when ``isBase64Encoded`` is set (API Gateway does so for binary media
+    types and bodies that are not UTF-8), then checked for size, then decoded as UTF-8.
+
+    Raises:
+        InvalidRequest: the base64 is malformed, or the bytes are not UTF-8 (400).
+        RequestTooLarge: more than ``max_bytes`` decoded bytes (413).
+    """
+    body = event.get("body")
+    if body is None or body == "":
+        return ""
+    if not isinstance(body, str):
+        raise InvalidRequest("The request body must be text.", code="invalid_body")
+    if event.get("isBase64Encoded"):
+        # A base64 text of n characters decodes to about 3n/4 bytes: refuse a huge one unread.
+        if len(body) > 4 * (max_bytes // 3 + 2):
+            raise RequestTooLarge(f"Request body is over the limit of {max_bytes} bytes.")
+        try:
+            raw = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequest(
+                "The request body is flagged base64 but is not valid base64.", code="invalid_body"
+            ) from None
+    else:
+        raw = body.encode("utf-8", "surrogatepass")
+    if len(raw) > max_bytes:
+        raise RequestTooLarge(f"Request body of {len(raw)} bytes is over the limit of {max_bytes} bytes.")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("The request body is not UTF-8 text.", code="invalid_body") from None

@@ -243,6 +243,32 @@ class Classifier(_Strict):
         return patterns
 
 
+class TierLimits(_Strict):
+    """Input caps for requests answered by one tier (checked once the tier is chosen, before any
+    upstream call; see :func:`r1edge.validation.check_tier_limits`).
+
+    Attributes:
+        max_messages: most messages in ``messages``.
+        max_content_chars: most characters of message text, all messages together.
+        max_tokens: largest ``max_tokens``/``max_completion_tokens`` accepted (tokens).
+    """
+
+    max_messages: int = Field(1000, ge=1)
+    max_content_chars: int = Field(1_000_000, ge=1)
+    max_tokens: int = Field(32768, ge=1)
+
+
+class InputLimits(_Strict):
+    """:class:`TierLimits` per tier. The edge's ``max_tokens`` default (4096) is twice its
+    default context window; the cluster's (32768) is DeepSeek-R1's longest answer."""
+
+    edge: TierLimits = TierLimits(max_tokens=4096)
+    cluster: TierLimits = TierLimits()
+
+    def for_tier(self, tier: str) -> TierLimits:
+        return self.edge if tier == "edge" else self.cluster
+
+
 class RoutingConfig(_Strict):
     """The whole routing configuration.
 
@@ -262,7 +288,12 @@ class RoutingConfig(_Strict):
             its first token (default 5; CloudFront's default read timeout is 30 s).
         classifier: :class:`Classifier` settings.
         cascade: :class:`Cascade` settings.
-        max_body_bytes: request bodies larger than this are refused with 413 (default 10 MiB).
+        max_body_bytes: request bodies larger than this (bytes, as received, before parsing) are
+            refused with 413 (default 1 MiB).
+        limits: :class:`InputLimits`: message count, text length and ``max_tokens`` per tier.
+        forward_fields: request fields forwarded upstream besides OpenAI's own
+            (:data:`r1edge.validation.FORWARDED_FIELDS`); any other unknown field is accepted
+            and dropped.
     """
 
     endpoints: list[Endpoint] = Field(min_length=1)
@@ -276,7 +307,9 @@ class RoutingConfig(_Strict):
     keepalive_interval: float = Field(5.0, gt=0)
     classifier: Classifier = Classifier()
     cascade: Cascade = Cascade()
-    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_body_bytes: int = Field(1024 * 1024, ge=1)
+    limits: InputLimits = InputLimits()
+    forward_fields: list[str] = Field(default_factory=list)
 
     @field_validator("endpoints")
     @classmethod

@@ -60,7 +60,7 @@ from r1edge.metrics import Recorder
 from r1edge.relay import DONE, StreamTruncated, iter_chunks, parse_completion, sse_data, truncated_event
 from r1edge.retry import Outcome, classify_status, parse_retry_after, wait_before_retry
 from r1edge.upstream import Upstream
-from r1edge.validation import ChatRequest
+from r1edge.validation import ChatRequest, check_tier_limits, upstream_body
 
 logger = Logger(service="r1edge-router", child=True)
 
@@ -317,6 +317,7 @@ class Gateway:
 
         Raises:
             ModelNotFound: see :meth:`decide`.
+            InvalidRequest: the request is over the chosen tier's ``limits``.
             OpenAIError: an upstream's 400/413/422, relayed with its message and status.
             Overloaded: every endpoint is busy (429/503) or open; 503 with ``Retry-After``.
             RateLimited: the upstreams asked for a wait longer than the time left; 429 with
@@ -325,6 +326,7 @@ class Gateway:
             UpstreamError: no endpoint gave a usable answer.
         """
         decision = self.decide(request)
+        check_tier_limits(request, self.config.limits.for_tier(decision.tier), decision.tier)
         logger.info(
             "route decided",
             extra={
@@ -803,7 +805,7 @@ class _RetryLoop:
     async def _attempt(self, state: EndpointState) -> httpx.Response | None:
         """One attempt: the response when usable (in-flight counted), else ``None`` (recorded)."""
         endpoint = state.endpoint
-        body = dict(self.request.body, model=endpoint.upstream_model)
+        body = dict(upstream_body(self.request.body, self.gw.config.forward_fields), model=endpoint.upstream_model)
         time_left = max(0.001, self.deadline_at - self.gw.clock())
         try:
             with anyio.fail_after(min(time_left, endpoint.timeouts.first_byte + endpoint.timeouts.connect)):

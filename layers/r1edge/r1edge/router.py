@@ -10,6 +10,7 @@ Lambda"). The routing config is read at startup from ``R1EDGE_CONFIG`` (a file p
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from r1edge import web
+from r1edge import auth, web
+from r1edge.classifier import estimate_prompt_tokens
 from r1edge.config import RoutingConfig, load_config
 from r1edge.errors import ConfigError
 from r1edge.gateway import Gateway
@@ -33,6 +35,7 @@ from r1edge.metrics import PROMETHEUS_CONTENT_TYPE, MetricsMiddleware, Recorder
 from r1edge.relay import SSE_HEADERS
 from r1edge.reload import ConfigReloader
 from r1edge.upstream import Upstream
+from r1edge.usage import Usage, usage_of
 from r1edge.validation import parse_json_body, validate_chat_request
 
 #: The router's logger: the parent of the ``r1edge-router`` child loggers in the gateway and the
@@ -61,6 +64,7 @@ def create_app(
     extra_routes: list[BaseRoute] | None = None,
     recorder: Recorder | None = None,
     health: HealthView | None = None,
+    guard: auth.Guard | None = None,
     **gateway_options: Any,
 ) -> Starlette:
     """Build the router app.
@@ -78,6 +82,9 @@ def create_app(
             ``router``); served at ``/metrics`` and flushed as EMF after every request.
         health: the health table's view; default: the table named by ``R1EDGE_HEALTH_TABLE``,
             if set (:func:`r1edge.health.view_from_env`).
+        guard: API keys, per-key limits and usage records (:mod:`r1edge.auth`); default:
+            :meth:`~r1edge.auth.Guard.from_env`, which is ``None`` (no keys, tenant
+            ``anonymous``) unless ``R1EDGE_KEYS_TABLE`` is set.
         gateway_options: passed to :class:`~r1edge.gateway.Gateway` (``clock``, ``sleep``,
             ``rng``; tests inject them so no wait is real).
     """
@@ -122,18 +129,49 @@ def create_app(
         context = request.headers.get("x-amzn-lambda-context") if in_lambda(os.environ) else None
         deadline = request_deadline(context, gateway.config.deadline, wall_clock())
         degrade = request.headers.get("x-r1edge-allow-degrade", "").strip().lower() in ("1", "true", "yes")
-        if chat.stream:  # Starlette closes a stream (and so the upstream) when the client goes
-            routed = await gateway.complete(chat, web.request_id(), deadline, degrade)
-        else:
-            try:
-                routed = await web.unless_disconnected(
-                    request, lambda: gateway.complete(chat, web.request_id(), deadline, degrade)
-                )
-            except web.ClientDisconnected:
-                return Response(status_code=web.CLIENT_CLOSED_REQUEST)
+        classifier = gateway.config.classifier
+        prompt_estimate = estimate_prompt_tokens(chat.messages, classifier.chars_per_token)
+        charged = await auth.charge_tokens(
+            request, prompt_estimate + (chat.max_tokens or classifier.default_completion_tokens)
+        )
+        log_content = auth.log_content_enabled()
+        if log_content:
+            logger.info("chat request content", extra={"request_id": web.request_id(), "messages": chat.messages})
+        try:
+            if chat.stream:  # Starlette closes a stream (and so the upstream) when the client goes
+                routed = await gateway.complete(chat, web.request_id(), deadline, degrade)
+            else:
+                try:
+                    routed = await web.unless_disconnected(
+                        request, lambda: gateway.complete(chat, web.request_id(), deadline, degrade)
+                    )
+                except web.ClientDisconnected:
+                    await auth.finish(request, charged, None, None)
+                    return Response(status_code=web.CLIENT_CLOSED_REQUEST)
+        except Exception:
+            await auth.finish(request, charged, None, None)  # no answer: the tokens go back
+            raise
+        route = routed.decision.tier
         if routed.stream is not None:
+            stream = auth.metered(
+                request,
+                routed.stream,
+                charged,
+                route,
+                prompt_estimate,
+                classifier.chars_per_token,
+                on_text=_content_logger(web.request_id()) if log_content else None,
+            )
             return web.ClosingStreamingResponse(
-                routed.stream, media_type="text/event-stream", headers={**routed.headers(), **SSE_HEADERS}
+                stream, media_type="text/event-stream", headers={**routed.headers(), **SSE_HEADERS}
+            )
+        usage = usage_of(routed.completion) or _estimated_usage(
+            routed.completion, prompt_estimate, classifier.chars_per_token
+        )
+        await auth.finish(request, charged, route, usage)
+        if log_content:
+            logger.info(
+                "chat completion content", extra={"request_id": web.request_id(), "completion": routed.completion}
             )
         return JSONResponse(routed.completion, headers=routed.headers())
 
@@ -160,6 +198,11 @@ def create_app(
     async def prometheus(request: Request) -> Response:
         return Response(metrics.prometheus_text(), media_type=PROMETHEUS_CONTENT_TYPE)
 
+    active_guard = guard if guard is not None else auth.Guard.from_env()
+    # Outermost first: request ids, then metrics (so 401s and 429s are counted), then API keys.
+    middleware = [*web.middleware(), Middleware(MetricsMiddleware, recorder=metrics)]
+    if active_guard is not None:
+        middleware.append(Middleware(auth.ApiKeyMiddleware, guard=active_guard))
     app = Starlette(
         routes=[
             *(extra_routes or []),
@@ -169,10 +212,29 @@ def create_app(
             Route("/ping", ping, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
         ],
-        middleware=[*web.middleware(), Middleware(MetricsMiddleware, recorder=metrics)],
+        middleware=middleware,
         exception_handlers=web.EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.metrics = metrics
     app.router.redirect_slashes = False  # an unknown path is a 404 in the OpenAI shape, not a 307
     return app
+
+
+def _content_logger(request_id: str) -> Callable[[str], None]:
+    """Logs a streamed answer's text (only when ``R1EDGE_LOG_CONTENT=true``)."""
+
+    def log(text: str) -> None:
+        logger.info("chat completion content", extra={"request_id": request_id, "completion_text": text})
+
+    return log
+
+
+def _estimated_usage(completion: dict[str, Any] | None, prompt_estimate: int, chars_per_token: float) -> Usage:
+    """Usage estimated from the answer's text (characters per token) when an upstream sent none."""
+    chars = 0
+    for choice in (completion or {}).get("choices") or []:
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if isinstance(message, dict):
+            chars += len(str(message.get("content") or "")) + len(str(message.get("reasoning_content") or ""))
+    return Usage(prompt_estimate, math.ceil(chars / chars_per_token))

@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from r1edge.errors import InvalidRequest
 from r1edge.relay import strict_loads
+
+if TYPE_CHECKING:
+    from r1edge.config import TierLimits
 
 #: Roles the Chat Completions API accepts (``developer`` is the newer name for ``system``).
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -231,3 +234,79 @@ def message_text(message: dict[str, Any]) -> str:
     if isinstance(content, list):
         return "\n".join(part.get("text", "") for part in content if isinstance(part, dict))
     return ""
+
+
+#: Request fields forwarded upstream: the Chat Completions parameters of the OpenAI API reference,
+#: plus the sampling extras every OpenAI-compatible engine behind r1edge takes (vLLM, SGLang,
+#: llama.cpp: ``top_k``, ``min_p``, ``repetition_penalty``). Any other field is accepted (clients
+#: send new ones) and dropped, unless the routing config's ``forward_fields`` names it.
+FORWARDED_FIELDS = frozenset(
+    {
+        "messages",
+        "model",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "functions",
+        "function_call",
+        "user",
+        "reasoning_effort",
+        "top_k",
+        "min_p",
+        "repetition_penalty",
+    }
+)
+
+
+def upstream_body(body: dict[str, Any], extra_fields: list[str] | frozenset[str] = ()) -> dict[str, Any]:
+    """The fields of ``body`` that may go upstream: :data:`FORWARDED_FIELDS` and ``extra_fields``."""
+    return {k: v for k, v in body.items() if k in FORWARDED_FIELDS or k in extra_fields}
+
+
+def check_tier_limits(request: ChatRequest, limits: TierLimits, tier: str) -> None:
+    """Hold a request to the caps of the tier chosen for it (routing config ``limits``).
+
+    Raises:
+        InvalidRequest: ``messages`` longer than ``max_messages`` (code ``array_above_max_length``);
+            message text over ``max_content_chars`` characters in all (``string_above_max_length``,
+            ``param`` naming the message that crosses the cap); ``max_tokens`` (or
+            ``max_completion_tokens``) over ``max_tokens`` (``invalid_value``).
+    """
+    if len(request.messages) > limits.max_messages:
+        raise InvalidRequest(
+            f"'messages' has {len(request.messages)} messages; the {tier} tier takes at most {limits.max_messages}.",
+            param="messages",
+            code="array_above_max_length",
+        )
+    total = 0
+    for i, message in enumerate(request.messages):
+        total += len(message_text(message))
+        if total > limits.max_content_chars:
+            raise InvalidRequest(
+                f"The messages hold more than {limits.max_content_chars} characters of text, the {tier} tier's limit.",
+                param=f"messages[{i}].content",
+                code="string_above_max_length",
+            )
+    if request.max_tokens is not None and request.max_tokens > limits.max_tokens:
+        name = "max_completion_tokens" if request.body.get("max_completion_tokens") is not None else "max_tokens"
+        raise InvalidRequest(
+            f"'{name}' is too large: {request.max_tokens}. The {tier} tier supports at most {limits.max_tokens} "
+            "completion tokens.",
+            param=name,
+            code="invalid_value",
+        )
