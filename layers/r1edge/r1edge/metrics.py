@@ -12,32 +12,29 @@
 - **Prometheus** through prometheus-client, served as text at the router's ``GET /metrics``;
   names are prefixed ``r1edge_``, times in seconds, counters end in ``_total``.
 
-Events and their names (Prometheus / EMF):
+Events and their names (Prometheus; EMF, unit and dimensions besides ``service``):
 
-=====================  =======================================================  ==========================
-event                  Prometheus                                               EMF (unit; dimensions)
-=====================  =======================================================  ==========================
-:meth:`request`        ``r1edge_requests_total{route,tier,endpoint,status}``    ``Requests`` (Count; route,
-                       ``r1edge_request_duration_seconds{route,tier,endpoint}``  tier, endpoint, status),
-                                                                                ``RequestLatency`` (ms)
-:meth:`first_token`    ``r1edge_time_to_first_token_seconds{tier,endpoint}``    ``TimeToFirstToken`` (ms)
-:meth:`retry`          ``r1edge_retries_total{tier,endpoint}``                  ``Retries``
-:meth:`fallback`       ``r1edge_fallbacks_total{tier,kind}``                    ``Fallbacks``
-:meth:`breaker`        ``r1edge_breaker_transitions_total{endpoint,state}``     ``BreakerTransitions``
-:meth:`tokens`         ``r1edge_prompt_tokens_total``,                          ``PromptTokens``,
-                       ``r1edge_completion_tokens_total{tier,endpoint}``        ``CompletionTokens``
-:meth:`model_load`     ``r1edge_model_load_seconds{model,phase}``               ``ModelImportTime``,
-                                                                                ``ModelLoadTime`` (ms)
-:meth:`probe`          ``r1edge_health_probes_total{endpoint,status}``,         ``HealthProbes``,
-                       ``r1edge_health_probe_duration_seconds{endpoint}``       ``HealthProbeLatency`` (ms),
-                                                                                ``HealthProbeFailures``
-                                                                                (service only), ``EngineLoad``
-:meth:`endpoint_health` ``r1edge_endpoint_up{endpoint,tier}``,                  (Prometheus only: the
-                       ``r1edge_endpoint_load{endpoint,tier}``                  router's view)
-:meth:`cache_lookup`   ``r1edge_cache_lookups_total{result}``                   ``CacheLookups``
-:meth:`job_outcome`    ``r1edge_jobs_total{status}``                            ``JobOutcomes``
-:meth:`queue_depth`    ``r1edge_queue_depth``                                   ``QueueDepth``
-=====================  =======================================================  ==========================
+- :meth:`Recorder.request`: ``r1edge_requests_total{route,tier,endpoint,status}`` and
+  ``r1edge_request_duration_seconds{route,tier,endpoint}``; ``Requests`` (Count) and
+  ``RequestLatency`` (Milliseconds), dimensions ``route``, ``tier``, ``endpoint``, ``status``.
+- :meth:`Recorder.first_token`: ``r1edge_time_to_first_token_seconds{tier,endpoint}``;
+  ``TimeToFirstToken`` (Milliseconds).
+- :meth:`Recorder.retry`: ``r1edge_retries_total{tier,endpoint}``; ``Retries``.
+- :meth:`Recorder.fallback`: ``r1edge_fallbacks_total{tier,kind}``; ``Fallbacks``.
+- :meth:`Recorder.breaker`: ``r1edge_breaker_transitions_total{endpoint,state}``;
+  ``BreakerTransitions``.
+- :meth:`Recorder.tokens`: ``r1edge_prompt_tokens_total`` and
+  ``r1edge_completion_tokens_total{tier,endpoint}``; ``PromptTokens``, ``CompletionTokens``.
+- :meth:`Recorder.model_load`: ``r1edge_model_load_seconds{model,phase}``; ``ModelImportTime``
+  and ``ModelLoadTime`` (Milliseconds), dimension ``model``.
+- :meth:`Recorder.probe`: ``r1edge_health_probes_total{endpoint,status}`` and
+  ``r1edge_health_probe_duration_seconds{endpoint}``; ``HealthProbes``, ``HealthProbeLatency``
+  (Milliseconds), ``EngineLoad`` (a fraction), and ``HealthProbeFailures`` with ``service`` only.
+- :meth:`Recorder.endpoint_health`: ``r1edge_endpoint_up{endpoint,tier}`` and
+  ``r1edge_endpoint_load{endpoint,tier}`` (Prometheus only: the router's view of the table).
+- :meth:`Recorder.cache_lookup`: ``r1edge_cache_lookups_total{result}``; ``CacheLookups``.
+- :meth:`Recorder.job_outcome`: ``r1edge_jobs_total{status}``; ``JobOutcomes``.
+- :meth:`Recorder.queue_depth`: ``r1edge_queue_depth``; ``QueueDepth``.
 
 Label values: ``route`` is the HTTP route template (``/v1/chat/completions``); ``tier`` is how the
 answer was served, as in ``x-r1edge-route`` (``edge``, ``cluster``, ``cache``, ``queue``; ``none``
