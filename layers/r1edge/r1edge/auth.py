@@ -173,7 +173,7 @@ async def finish(request: Request, charged: int, route: str | None, usage: Usage
     used = usage.total_tokens if (usage is not None and route is not None) else 0
 
     def work() -> None:
-        guard.limiter.settle(key.key_id, charged - used)
+        guard.limiter.settle(key.key_id, limits_of(key), charged - used)
         if route is not None:
             guard.usage.record(key.tenant, route, usage or Usage())
 
