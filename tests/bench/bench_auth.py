@@ -7,13 +7,13 @@ One healthy fake upstream (tests/faultserver.py) behind the real router, run two
 - ``no keys``: the router alone (uvicorn, as in Lambda), no ``R1EDGE_KEYS_TABLE``;
 - ``API keys``: ``run.py --router-only`` as ``make run-router`` runs it: keys, limits and usage
   in a local moto server (DynamoDB and Secrets Manager), the development key sent as
-  ``Authorization: Bearer``. Per request: one ``GetItem`` (key), a read and a conditional
-  ``PutItem`` for each of the two buckets, and two ``UpdateItem`` (settle, usage).
+  ``Authorization: Bearer``. Per request: one ``GetItem`` (key), one conditional ``UpdateItem``
+  for each of the two buckets, and two ``UpdateItem`` (settle, usage).
 
 Non-streamed requests, all answered 200 (the development key allows 600 requests per minute, so
 the run is sized and paced to stay under it: the limit itself is not what is measured). Prints a
 table and writes tests/bench/results/auth.json. moto's server is much slower than DynamoDB in a
-region (a few ms per call here against single-digit ms there), so the overhead is an upper bound.
+region (tens of ms per call on a busy 2-core machine against single-digit ms there), so the overhead is an upper bound.
 """
 
 from __future__ import annotations
