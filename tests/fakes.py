@@ -180,29 +180,27 @@ class MemoryKeyStore:
 
 
 class MemoryBucketStore:
-    """In-memory :class:`r1edge.ratelimit.BucketStore` with the same version check as DynamoDB's."""
+    """In-memory :class:`r1edge.ratelimit.BucketStore`: ``items[bucket_key][field] = tat``."""
 
     def __init__(self) -> None:
-        self.items: dict[str, Any] = {}
+        self.items: dict[str, dict[str, float]] = {}
 
-    def load(self, bucket_key: str) -> Any:
-        return self.items.get(bucket_key)
+    def take(self, bucket_key: str, field: str, cost: float, now: float) -> tuple[bool, dict[str, float]]:
+        from r1edge.ratelimit import charge
 
-    def save(self, bucket_key: str, buckets: Any, expected_version: int) -> bool:
-        from dataclasses import replace
+        item = self.items.setdefault(bucket_key, {})
+        passed, tat = charge(item.get(field), cost, now)
+        if passed:
+            item[field] = tat
+        return passed, dict(item)
 
-        current = self.items.get(bucket_key)
-        if (current.version if current is not None else -1) != expected_version:
-            return False
-        self.items[bucket_key] = replace(buckets, version=expected_version + 1)
-        return True
+    def add(self, bucket_key: str, field: str, seconds: float, now: float) -> None:
+        item = self.items.get(bucket_key)
+        if item is not None and field in item:
+            item[field] += seconds
 
-    def add_tokens(self, bucket_key: str, delta: float) -> None:
-        from dataclasses import replace
-
-        current = self.items.get(bucket_key)
-        if current is not None:
-            self.items[bucket_key] = replace(current, tokens=current.tokens + delta, version=current.version + 1)
+    def load(self, bucket_key: str) -> dict[str, float]:
+        return dict(self.items.get(bucket_key, {}))
 
 
 class MemoryUsageStore:

@@ -1,8 +1,8 @@
-"""Per-key token buckets: refill arithmetic, OpenAI's headers, 429 with Retry-After, and — on
-moto's DynamoDB — limits that hold across containers (separate limiters sharing one table),
-including a write race settled by the conditional put. (Races are staged deterministically:
-moto's in-process backend does not make a conditional write atomic against threads, which
-DynamoDB itself does.)"""
+"""Per-key token buckets: the charge rule, OpenAI's headers, 429 with Retry-After, settling, and —
+on moto's DynamoDB — limits that hold across containers (separate limiters sharing one table),
+each charge one conditional ``UpdateItem``, including a change by another container between the
+two conditional forms. (Races are staged deterministically: moto's in-process backend does not
+make a conditional write atomic against threads, which DynamoDB itself does.)"""
 
 from __future__ import annotations
 
@@ -13,7 +13,16 @@ from fakes import MemoryBucketStore
 from moto import mock_aws
 
 from r1edge.errors import Overloaded, RateLimited
-from r1edge.ratelimit import Buckets, DynamoBucketStore, Limits, LimitStatus, RateLimiter, format_reset, refill, take
+from r1edge.ratelimit import (
+    FIELDS,
+    DynamoBucketStore,
+    Limits,
+    LimitStatus,
+    RateLimiter,
+    charge,
+    format_reset,
+    remaining,
+)
 
 LIMITS = Limits(requests_per_minute=60, tokens_per_minute=6000)
 
@@ -26,30 +35,21 @@ class Clock:
         return self.now
 
 
-def test_an_unseen_key_starts_full_and_refills_at_capacity_per_minute():
-    full = refill(None, LIMITS, 100.0)
-    assert (full.requests, full.tokens) == (60, 6000)
-    empty = Buckets(0.0, 0.0, 100.0, 3)
-    assert refill(empty, LIMITS, 101.0) == Buckets(1.0, 100.0, 101.0, 3)  # 1 request/s, 100 tokens/s
-    assert refill(empty, LIMITS, 100.0 + 3600) == Buckets(60.0, 6000.0, 3700.0, 3)  # capped at capacity
-    assert refill(empty, LIMITS, 99.0).requests == 0.0  # a clock behind the stored one refills nothing
+def test_the_charge_rule_is_a_token_bucket():
+    # capacity 60/min: one unit costs 1 s; a full bucket (tat <= now) takes up to 60 units at once
+    assert charge(None, 1.0, 100.0) == (True, 101.0)
+    assert charge(50.0, 1.0, 100.0) == (True, 101.0)  # idle: starts from now, never banks more than full
+    assert charge(100.0, 60.0, 100.0) == (True, 160.0)  # the whole bucket
+    assert charge(160.0, 1.0, 100.0) == (False, 160.0)  # empty: refused, unchanged
+    assert charge(160.0, 1.0, 101.0) == (True, 161.0)  # one second later, one unit is back
+    assert charge(130.0, 31.0, 100.0) == (False, 130.0)  # 30 left, 31 asked: all or nothing
 
 
-def test_take_is_all_or_nothing_and_says_which_limit_and_how_long():
-    taken = take(Buckets(0.5, 6000.0, 0.0), LIMITS, 0.0, requests=1, tokens=10)
-    assert (taken.refused, taken.buckets) == ("requests", None)
-    assert taken.retry_after == pytest.approx(0.5)
-    taken = take(Buckets(5.0, 100.0, 0.0), LIMITS, 0.0, requests=1, tokens=400)
-    assert taken.refused == "tokens"
-    assert taken.retry_after == pytest.approx(3.0)  # 300 tokens at 100/s
-    taken = take(Buckets(5.0, 100.0, 0.0), LIMITS, 0.0, requests=1, tokens=100)
-    assert taken.refused is None
-    assert (taken.buckets.requests, taken.buckets.tokens) == (4.0, 0.0)
-
-
-def test_a_charge_over_the_whole_bucket_is_capped_at_its_capacity():
-    assert take(None, LIMITS, 0.0, tokens=50_000).buckets.tokens == 0.0
-    assert take(Buckets(60, 5999, 0.0), LIMITS, 0.0, tokens=50_000).refused == "tokens"
+def test_remaining_units_follow_tat():
+    assert remaining(None, 60, 100.0) == 60
+    assert remaining(99.0, 60, 100.0) == 60
+    assert remaining(130.0, 60, 100.0) == 30
+    assert remaining(190.0, 60, 100.0) == -30  # in debt
 
 
 @pytest.mark.parametrize(
@@ -78,6 +78,7 @@ def test_limiter_raises_429_of_the_right_type_with_retry_after():
     limiter.acquire("k", small, requests=1)
     status = limiter.acquire("k", small, requests=1)
     assert status.headers()["x-ratelimit-remaining-requests"] == "0"
+    assert status.headers()["x-ratelimit-remaining-tokens"] == "100"
     with pytest.raises(RateLimited) as err:
         limiter.acquire("k", small, requests=1)
     assert (err.value.status, err.value.type, err.value.code) == (429, "requests", "rate_limit_exceeded")
@@ -92,15 +93,21 @@ def test_limiter_raises_429_of_the_right_type_with_retry_after():
     assert err.value.headers["Retry-After"] == "12"  # 20 tokens missing at 100/60 per second
 
 
+def test_a_charge_over_the_whole_bucket_is_capped_at_its_capacity():
+    limiter = RateLimiter(MemoryBucketStore(), clock=Clock())
+    assert limiter.acquire("k", LIMITS, tokens=50_000).tokens == 0
+    with pytest.raises(RateLimited):
+        limiter.acquire("k", LIMITS, tokens=50_000)
+
+
 def test_settle_refunds_and_makes_debt():
     clock = Clock()
-    store = MemoryBucketStore()
-    limiter = RateLimiter(store, clock=clock)
+    limiter = RateLimiter(MemoryBucketStore(), clock=clock)
     limiter.acquire("k", LIMITS, tokens=1000)
-    limiter.settle("k", 800)  # used 200 of the 1000 charged
-    assert store.items["k"].tokens == 5800
-    limiter.settle("k", -9000)  # used far more than estimated
-    assert store.items["k"].tokens == -3200
+    limiter.settle("k", LIMITS, 800)  # used 200 of the 1000 charged
+    assert limiter.status("k", LIMITS).tokens == pytest.approx(5800)
+    limiter.settle("k", LIMITS, -9000)  # used far more than estimated
+    assert limiter.status("k", LIMITS).tokens == pytest.approx(-3200)
     with pytest.raises(RateLimited) as err:
         limiter.acquire("k", LIMITS, tokens=1)
     assert err.value.headers["Retry-After"] == "33"  # 3201 tokens at 100/s
@@ -128,71 +135,110 @@ def test_limits_hold_across_containers_sharing_the_table(table):
     assert admitted == 10
     clock.now += 6  # one request per 6 s
     containers[1].acquire("key_a", Limits(10, 1000), requests=1)
-    with pytest.raises(RateLimited):
+    with pytest.raises(RateLimited) as err:
         containers[2].acquire("key_a", Limits(10, 1000), requests=1)
+    assert err.value.headers["Retry-After"] == "6"
 
 
-class RacingStore(DynamoBucketStore):
-    """Lets another container write between this one's read and its conditional write, once."""
+def test_dynamodb_and_memory_stores_agree(table):
+    """The same sequence of charges, settles and clock steps gives the same answers on both."""
+    results = []
+    for store in (MemoryBucketStore(), DynamoBucketStore(table, boto3.resource("dynamodb"))):
+        clock = Clock()
+        limiter = RateLimiter(store, clock=clock)
+        outcome = []
+        for step in range(40):
+            clock.now += (step % 5) * 0.7
+            try:
+                status = limiter.acquire("key_x", Limits(5, 300), **({"tokens": 70} if step % 2 else {"requests": 1}))
+                outcome.append(("ok", round(status.requests, 3), round(status.tokens, 3)))
+            except RateLimited as exc:
+                outcome.append((exc.type, exc.headers["Retry-After"]))
+            if step % 7 == 0:
+                limiter.settle("key_x", Limits(5, 300), 30)
+        results.append(outcome)
+    assert results[0] == results[1]
+    assert {o[0] for o in results[0]} == {"ok", "requests", "tokens"}
+
+
+class RivalStore(DynamoBucketStore):
+    """Makes another container's charge land between this one's two conditional forms, once."""
 
     def __init__(self, table: str, rival: RateLimiter) -> None:
         super().__init__(table, boto3.resource("dynamodb"))
         self.rival = rival
-        self.raced = False
-        self.saves: list[bool] = []
+        self.calls: list[str] = []
+        real = self.table.update_item
 
-    def save(self, bucket_key, buckets, expected_version):
-        if not self.raced:
-            self.raced = True
-            self.rival.acquire(bucket_key, Limits(2, 100), requests=1)
-        ok = super().save(bucket_key, buckets, expected_version)
-        self.saves.append(ok)
-        return ok
+        def update_item(**kwargs):
+            form = "in-use" if "#t + :cost" in kwargs["UpdateExpression"] else "idle"
+            self.calls.append(form)
+            if form == "idle" and self.calls.count("idle") == 1:
+                self.rival.acquire("key_c", Limits(2, 100), requests=1)  # the bucket is now in use
+            return real(**kwargs)
+
+        self.table.update_item = update_item
 
 
-def test_a_lost_write_race_is_retried_on_fresh_state(table):
+def test_a_bucket_changed_between_the_two_forms_is_charged_on_fresh_state(table):
     clock = Clock()
     rival = RateLimiter(DynamoBucketStore(table, boto3.resource("dynamodb")), clock=clock)
-    store = RacingStore(table, rival)
+    store = RivalStore(table, rival)
     mine = RateLimiter(store, clock=clock)
     mine.acquire("key_c", Limits(2, 100), requests=1)
-    assert store.saves == [False, True]  # the first write lost to the rival's; the retry won
+    assert store.calls == ["in-use", "idle", "in-use"]  # idle lost to the rival: charged as in use
     with pytest.raises(RateLimited):
         rival.acquire("key_c", Limits(2, 100), requests=1)  # both requests were counted
 
 
-def test_endless_contention_is_a_503_not_a_free_pass():
-    class AlwaysConflicting(MemoryBucketStore):
-        def save(self, bucket_key, buckets, expected_version):
-            return False
+def test_endless_contention_is_a_503_not_a_free_pass(table):
+    class Flapping(DynamoBucketStore):
+        def take(self, bucket_key, field, cost, now):
+            from botocore.exceptions import ClientError
+
+            error = {"Error": {"Code": "ConditionalCheckFailedException"}}
+
+            class Table:
+                def update_item(self, **kwargs):
+                    raise ClientError(error, "UpdateItem")
+
+            self._handle.table = Table()
+            return super().take(bucket_key, field, cost, now)
 
     with pytest.raises(Overloaded) as err:
-        RateLimiter(AlwaysConflicting(), max_tries=3).acquire("k", LIMITS, requests=1)
+        RateLimiter(Flapping(table, max_tries=3), clock=Clock()).acquire("k", LIMITS, requests=1)
     assert err.value.headers["Retry-After"] == "1"
 
 
-def test_dynamodb_settle_bumps_the_version_and_skips_expired_items(table):
+def test_dynamodb_items_hold_tat_and_a_ttl(table):
+    clock = Clock()
     store = DynamoBucketStore(table, boto3.resource("dynamodb"))
-    limiter = RateLimiter(store, clock=Clock())
+    limiter = RateLimiter(store, clock=clock)
     limiter.acquire("key_d", LIMITS, tokens=100)
-    before = store.load("key_d")
-    limiter.settle("key_d", 40)
-    after = store.load("key_d")
-    assert (after.tokens, after.version) == (before.tokens + 40, before.version + 1)
-    limiter.settle("key_missing", 40)  # no item: a full bucket, nothing to do
-    assert store.load("key_missing") is None
+    assert store.load("key_d") == {FIELDS["tokens"]: pytest.approx(clock.now + 1.0)}  # 100 tokens at 100/s
+    limiter.settle("key_d", LIMITS, 40)
+    assert store.load("key_d")[FIELDS["tokens"]] == pytest.approx(clock.now + 0.6)
+    limiter.settle("key_missing", LIMITS, 40)  # no item: a full bucket, nothing to do
+    assert store.load("key_missing") == {}
     item = boto3.client("dynamodb").get_item(TableName=table, Key={"bucket_key": {"S": "key_d"}})["Item"]
-    assert int(item["expires"]["N"]) > 1_000_000  # TTL attribute set
+    assert int(item["expires"]["N"]) > clock.now + 3600
 
 
-def test_each_thread_gets_its_own_table_handle(table):
+def test_the_default_table_shares_one_client_across_threads(table):
     import threading
 
-    store = DynamoBucketStore(table)  # no resource given: one boto3 session per thread
-    seen = []
-    thread = threading.Thread(target=lambda: seen.append(store.table))
-    thread.start()
-    thread.join()
-    assert store.table is store.table
-    assert seen[0] is not store.table
-    assert seen[0].name == store.table.name == table
+    store = DynamoBucketStore(table)  # no resource given: the adapter on one low-level client
+    limiter = RateLimiter(store, clock=Clock())
+    clients = []
+
+    def work():
+        limiter.acquire("key_t", LIMITS, requests=1)
+        clients.append(store.table.client)
+
+    for _ in range(3):  # one thread after another: moto's backend is not atomic against threads
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+    assert len({id(c) for c in clients}) == 1
+    assert limiter.status("key_t", LIMITS).requests == pytest.approx(57)
+    assert store.load("key_t")[FIELDS["requests"]] == pytest.approx(1_000_003.0)

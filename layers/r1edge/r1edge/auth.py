@@ -1,19 +1,22 @@
-"""API-key authentication, per-key limits and usage records for the router, as one ASGI middleware
-plus three calls the chat handler makes.
+"""API-key authentication, per-key limits, usage records and content logging for the router, as
+one ASGI middleware plus one call the chat handler makes.
 
 Every path except :data:`PUBLIC_PATHS` needs a key (``Authorization: Bearer <key>`` or
 ``x-api-key``; see :mod:`r1edge.keys`). The middleware authenticates it, sets
 ``request.state.tenant`` (read by :func:`r1edge.web.tenant`: everything tenant-scoped keys on it)
 and takes one request from the key's request bucket (:mod:`r1edge.ratelimit`). The chat handler
-then takes the request's estimated tokens (:func:`charge_tokens`) and, once the answer is
-complete, settles them against the real usage and records it (:func:`finish`,
-:func:`metered`). Every answer to an authenticated request carries the ``x-ratelimit-*``
+calls :func:`admit_chat`, which takes the request's estimated tokens from the token bucket. The
+middleware watches the answer go out (JSON or SSE, as it passes, without holding it back) and,
+when it has ended — however it ended — settles the charge against the answer's ``usage`` (or an
+estimate from its text), adds it to the tenant's usage record, or gives the tokens back when
+there was no answer. Every answer to an authenticated request carries the ``x-ratelimit-*``
 headers, with what was left after its last charge.
 
 Authentication is on when a :class:`Guard` is given to :func:`r1edge.router.create_app`, or when
 ``R1EDGE_KEYS_TABLE`` is set (:meth:`Guard.from_env`; ``template.yaml`` sets it for every
 deployed router, ``make run`` and ``make run-router`` always). Without either, requests act for
-the tenant ``anonymous`` and no limits apply (unit tests, benchmarks of the bare router).
+the tenant ``anonymous`` and no limits apply (unit tests, benchmarks of the bare router); the
+middleware then only logs content, when ``R1EDGE_LOG_CONTENT=true``.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 from aws_lambda_powertools import Logger
@@ -90,15 +93,81 @@ def limits_of(key: ApiKey) -> Limits:
     return Limits(key.requests_per_minute, key.tokens_per_minute)
 
 
+#: Most bytes of a JSON answer kept to read its ``usage`` (larger answers are estimated).
+MAX_METERED_JSON = 4 * 1024 * 1024
+
+
+class _Meter:
+    """Reads an answer as it goes out: its status, route (``x-r1edge-route``), and the usage and
+    text of a JSON completion or an SSE stream (lines may split across body messages)."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.route: str | None = None
+        self.stream = False
+        self.json = bytearray()
+        self.pending = b""
+        self.usage: Usage | None = None
+        self.parts: list[str] = []
+
+    def start(self, message: Message) -> None:
+        self.status = message["status"]
+        headers = Headers(raw=message.get("headers", []))
+        self.route = headers.get("x-r1edge-route")
+        self.stream = headers.get("content-type", "").startswith("text/event-stream")
+
+    def feed(self, body: bytes) -> None:
+        if not self.stream:
+            if len(self.json) + len(body) <= MAX_METERED_JSON:
+                self.json.extend(body)
+            return
+        lines = (self.pending + body).split(b"\n")
+        self.pending = lines.pop()
+        for line in lines:
+            if line.startswith(b"data: ") and line != b"data: [DONE]":
+                try:
+                    chunk = json.loads(line[6:])
+                except ValueError:
+                    continue
+                self.usage = usage_of(chunk) or self.usage
+                self._texts(chunk, "delta")
+
+    def _texts(self, obj: Any, field: str) -> None:
+        choices = obj.get("choices") if isinstance(obj, dict) else None
+        for choice in choices if isinstance(choices, list) else []:
+            part = choice.get(field) if isinstance(choice, dict) else None
+            if isinstance(part, dict):
+                for name in ("content", "reasoning_content"):
+                    if isinstance(part.get(name), str):
+                        self.parts.append(part[name])
+
+    def answered(self) -> bool:
+        return self.status == 200 and self.route is not None
+
+    def result(self, prompt_estimate: int, chars_per_token: float) -> tuple[Usage, str]:
+        """The answer's usage (its own, else estimated from its text) and its text."""
+        if not self.stream and self.json:
+            try:
+                completion = json.loads(bytes(self.json))
+            except ValueError:
+                completion = None
+            self.usage = usage_of(completion)
+            self._texts(completion, "message")
+        text = "".join(self.parts)
+        return self.usage or Usage(prompt_estimate, math.ceil(len(text) / chars_per_token)), text
+
+
 class ApiKeyMiddleware:
     """Pure ASGI middleware (streams pass through untouched): authenticate, take one request,
-    add ``x-ratelimit-*`` headers to the answer. Errors are answered here in the OpenAI shape:
-    401 (with ``WWW-Authenticate: Bearer``, RFC 9110 section 11.6.1), 429, or 503 when the key
-    or limits store cannot be reached."""
+    add ``x-ratelimit-*`` headers to the answer, then settle and record the chat's tokens when
+    the answer has ended. Errors are answered here in the OpenAI shape: 401 (with
+    ``WWW-Authenticate: Bearer``, RFC 9110 section 11.6.1), 429, or 503 when the key or limits
+    store cannot be reached. With ``guard=None`` it only logs content (``R1EDGE_LOG_CONTENT``)."""
 
-    def __init__(self, app: ASGIApp, guard: Guard) -> None:
+    def __init__(self, app: ASGIApp, guard: Guard | None, log_content: bool = False) -> None:
         self.app = app
         self.guard = guard
+        self.log_content = log_content
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" else ""
@@ -107,16 +176,33 @@ class ApiKeyMiddleware:
             return
         state = scope.setdefault("state", {})
         state["guard"] = self.guard
+        state["log_content"] = self.log_content
+        meter = _Meter()
 
-        async def send_with_limits(message: Message) -> None:
-            status: LimitStatus | None = state.get("ratelimit")
-            if message["type"] == "http.response.start" and status is not None:
-                headers = MutableHeaders(scope=message)
-                for name, value in status.headers().items():
-                    if name not in headers:
-                        headers[name] = value
+        async def send_metered(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                meter.start(message)
+                status: LimitStatus | None = state.get("ratelimit")
+                if status is not None:
+                    headers = MutableHeaders(scope=message)
+                    for name, value in status.headers().items():
+                        if name not in headers:
+                            headers[name] = value
+            elif message["type"] == "http.response.body" and "prompt_estimate" in state:
+                meter.feed(message.get("body", b""))
             await send(message)
 
+        if self.guard is not None and not await self._admit(scope, receive, send_metered, state):
+            return
+        try:
+            await self.app(scope, receive, send_metered)
+        finally:
+            if "prompt_estimate" in state:  # a chat request: settle, record, log
+                with anyio.CancelScope(shield=True):
+                    await _finish(state, meter)
+
+    async def _admit(self, scope: Scope, receive: Receive, send: Send, state: dict[str, Any]) -> bool:
+        assert self.guard is not None
         try:
             key = bearer_key(Headers(scope=scope))
             record = await anyio.to_thread.run_sync(self.guard.authenticator.authenticate, key)
@@ -124,104 +210,74 @@ class ApiKeyMiddleware:
             state["ratelimit"] = await anyio.to_thread.run_sync(
                 self.guard.limiter.acquire, record.key_id, limits_of(record), 1, 0
             )
+            return True
         except OpenAIError as exc:
             if exc.status == 401:
                 exc.headers.setdefault("WWW-Authenticate", 'Bearer realm="r1edge"')
                 logger.info("request refused: API key", extra={"path": scope["path"], "reason": exc.message})
             elif exc.status == 429:
                 logger.info("request refused: rate limit", extra={"tenant": state.get("tenant"), "type": exc.type})
-            await error_response(exc)(scope, receive, send_with_limits)
-            return
+            await error_response(exc)(scope, receive, send)
         except Exception as exc:  # noqa: BLE001 - a store outage is a 503, never a 500 or a way in
             logger.error("key or limits store unavailable", extra={"error": type(exc).__name__})
             error = Overloaded("API keys cannot be checked right now; please retry.", headers={"Retry-After": "1"})
             await error_response(error)(scope, receive, send)
-            return
-        await self.app(scope, receive, send_with_limits)
+        return False
 
 
-def _guard_and_key(request: Request) -> tuple[Guard, ApiKey] | None:
-    guard = getattr(request.state, "guard", None)
-    key = getattr(request.state, "api_key", None)
-    return (guard, key) if guard is not None and key is not None else None
-
-
-async def charge_tokens(request: Request, tokens: int) -> int:
-    """Take ``tokens`` (the request's estimate) from its key's token bucket; return the amount
-    charged (0 when authentication is off).
+async def admit_chat(request: Request, messages: list[dict[str, Any]], max_tokens: int, classifier: Any) -> None:
+    """Called by the chat handler once a request is valid: take its estimated tokens (prompt
+    estimate plus ``max_tokens``; ``classifier`` gives ``chars_per_token``) from its key's token
+    bucket, and log its messages when ``R1EDGE_LOG_CONTENT=true``. The middleware settles the
+    charge when the answer has ended. Without the middleware, nothing happens.
 
     Raises:
         RateLimited: 429 type ``tokens`` with ``Retry-After``.
     """
-    found = _guard_and_key(request)
-    if found is None or tokens <= 0:
-        return 0
-    guard, key = found
-    limits = limits_of(key)
-    request.state.ratelimit = await anyio.to_thread.run_sync(guard.limiter.acquire, key.key_id, limits, 0, tokens)
-    return min(tokens, limits.tokens_per_minute)
+    from r1edge.classifier import estimate_prompt_tokens
 
-
-async def finish(request: Request, charged: int, route: str | None, usage: Usage | None) -> None:
-    """Settle the charge against ``usage`` (or refund it all when there is no answer:
-    ``route`` is ``None``) and, for an answer, add it to the tenant's usage record. Runs shielded
-    from cancellation, so a client going away cannot lose the record."""
-    found = _guard_and_key(request)
-    if found is None:
+    state = request.scope.get("state")
+    if state is None or "guard" not in state:
         return
-    guard, key = found
-    used = usage.total_tokens if (usage is not None and route is not None) else 0
+    prompt_estimate = estimate_prompt_tokens(messages, classifier.chars_per_token)
+    guard: Guard | None = state["guard"]
+    key: ApiKey | None = state.get("api_key")
+    charged = 0
+    if guard is not None and key is not None:
+        limits = limits_of(key)
+        tokens = prompt_estimate + max_tokens
+        state["ratelimit"] = await anyio.to_thread.run_sync(guard.limiter.acquire, key.key_id, limits, 0, tokens)
+        charged = min(tokens, limits.tokens_per_minute)
+    state.update(prompt_estimate=prompt_estimate, chars_per_token=classifier.chars_per_token, charged=charged)
+    if state.get("log_content"):
+        logger.info("chat request content", extra={"request_id": _request_id(), "messages": messages})
+
+
+def _request_id() -> str:
+    from r1edge.web import request_id
+
+    return request_id()
+
+
+async def _finish(state: dict[str, Any], meter: _Meter) -> None:
+    """Settle the tokens charged against the answer's usage (all back when there was no
+    answer), add the answer to the tenant's usage record, and log its text if asked to."""
+    usage, text = meter.result(state["prompt_estimate"], state["chars_per_token"])
+    if state.get("log_content") and meter.answered():
+        logger.info("chat completion content", extra={"request_id": _request_id(), "completion_text": text})
+    guard: Guard | None = state.get("guard")
+    key: ApiKey | None = state.get("api_key")
+    if guard is None or key is None:
+        return
+    answered = meter.answered()
+    used = usage.total_tokens if answered else 0
 
     def work() -> None:
-        guard.limiter.settle(key.key_id, charged - used)
-        if route is not None:
-            guard.usage.record(key.tenant, route, usage or Usage())
+        guard.limiter.settle(key.key_id, limits_of(key), state["charged"] - used)
+        if answered:
+            guard.usage.record(key.tenant, meter.route or "unknown", usage)
 
-    with anyio.CancelScope(shield=True):
-        try:
-            await anyio.to_thread.run_sync(work)
-        except Exception as exc:  # noqa: BLE001 - the answer was given; a lost record is logged, not a failure
-            logger.error("usage not recorded", extra={"tenant": key.tenant, "error": type(exc).__name__})
-
-
-async def metered(
-    request: Request,
-    stream: AsyncIterator[bytes],
-    charged: int,
-    route: str,
-    prompt_estimate: int,
-    chars_per_token: float,
-    on_text: Callable[[str], None] | None = None,
-) -> AsyncIterator[bytes]:
-    """Pass an SSE stream through, reading its ``usage`` (when the client asked for it) or
-    estimating completion tokens from the streamed text, then :func:`finish` when it ends,
-    however it ends. ``on_text`` receives the streamed text at the end (content logging)."""
-    usage: Usage | None = None
-    chars = 0
-    parts: list[str] = []
     try:
-        async for piece in stream:
-            for line in piece.split(b"\n"):
-                if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                    continue
-                try:
-                    chunk = json.loads(line[6:])
-                except ValueError:
-                    continue
-                usage = usage_of(chunk) or usage
-                for choice in chunk.get("choices") or [] if isinstance(chunk, dict) else []:
-                    delta = choice.get("delta") if isinstance(choice, dict) else None
-                    if isinstance(delta, dict):
-                        for field in ("content", "reasoning_content"):
-                            text = delta.get(field)
-                            if isinstance(text, str):
-                                chars += len(text)
-                                if on_text is not None:
-                                    parts.append(text)
-            yield piece
-    finally:
-        if usage is None:
-            usage = Usage(prompt_estimate, math.ceil(chars / chars_per_token))
-        if on_text is not None:
-            on_text("".join(parts))
-        await finish(request, charged, route, usage)
+        await anyio.to_thread.run_sync(work)
+    except Exception as exc:  # noqa: BLE001 - the answer was given; a lost record is logged, not a failure
+        logger.error("usage not recorded", extra={"tenant": key.tenant, "error": type(exc).__name__})

@@ -1,20 +1,26 @@
 """Per-key limits that hold across Lambda containers: requests per minute and tokens per minute.
 
-Each API key has two token buckets (one item in the limits table): ``requests`` with capacity
-``requests_per_minute``, ``tokens`` with capacity ``tokens_per_minute``, each refilled
-continuously at capacity / 60 per second. A request takes 1 from the first; a chat completion
-takes its estimated size from the second (prompt estimate plus ``max_tokens``, as OpenAI counts
-it: "Rate limits", "How do these rate limits work?"), and is settled against its real usage once
-the answer is complete — unused tokens go back, overruns become debt the key repays before its
-next request. A charge larger than a whole bucket is capped at the bucket's capacity, so such a
-request waits for a full bucket rather than being refused forever.
+Each API key has two token buckets: ``requests`` with capacity ``requests_per_minute`` and
+``tokens`` with capacity ``tokens_per_minute``, each refilled continuously at capacity / 60 per
+second. A request takes 1 from the first; a chat completion takes its estimated size from the
+second (prompt estimate plus ``max_tokens``, as OpenAI counts it: "Rate limits", "How do these
+rate limits work?") and is settled against its real usage once the answer is complete — unused
+tokens go back, overruns become debt the key repays before its next request. A charge larger
+than a whole bucket is capped at the bucket's capacity, so such a request waits for a full bucket
+rather than being refused forever.
 
-Atomicity: the item is read (strongly consistent), the refill and charge computed here
-(:func:`take`, pure), and written back with a conditional ``PutItem`` on the version read
-(``attribute_not_exists`` for a new item). A concurrent writer — another container — makes the
-condition fail, and the whole step is retried on fresh state, so no two containers can spend
-the same tokens (optimistic concurrency, DynamoDB Developer Guide, "Condition expressions").
-Settling is one ``UpdateItem ... ADD``, atomic on its own, that also bumps the version.
+A bucket is stored as one number, its *theoretical arrival time* ``tat`` (the generic cell rate
+algorithm, ITU-T I.371, the token bucket in another form): each unit costs ``T = 60 / capacity``
+seconds, the bucket is full when ``tat <= now``, and a charge of ``n`` units passes when
+``max(tat, now) + n·T <= now + 60``; then ``tat`` becomes that sum. Units left are
+``(now + 60 - tat) / T``.
+
+Atomicity: each charge is one conditional ``UpdateItem`` — ``SET tat = tat + :cost`` on the
+condition ``tat > :now AND tat <= :now + 60 - :cost`` (a bucket in use), or, when the bucket is
+idle, ``SET tat = :now + :cost`` on ``attribute_not_exists(tat) OR tat <= :now`` — so every
+container's charges land on the same number without a read first and without lost updates
+(DynamoDB Developer Guide, "Condition expressions"; a refusal returns the item through
+``ReturnValuesOnConditionCheckFailure``). Settling is one ``UpdateItem ... ADD``.
 
 Clock: wall-clock seconds (``time.time``), injected, since buckets are shared between hosts.
 
@@ -30,7 +36,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -39,11 +45,15 @@ from r1edge.errors import Overloaded, RateLimited
 
 #: Environment variable naming the limits table.
 LIMITS_TABLE_ENV = "R1EDGE_LIMITS_TABLE"
-#: Seconds an idle bucket item is kept (DynamoDB TTL attribute ``expires``); after 60 s idle a
-#: bucket is full anyway, so losing the item loses nothing.
-ITEM_TTL_SECONDS = 3600
-#: Conditional writes tried before giving up on a contended bucket (503 then).
+#: The bucket window: a full bucket holds one minute of its rate (seconds).
+WINDOW = 60.0
+#: Seconds an item is kept after its last write (DynamoDB TTL attribute ``expires``); an expired
+#: bucket is a full one, so this only has to outlast any debt.
+ITEM_TTL_SECONDS = 86_400
+#: Attempts when another container changes a bucket between the two conditional updates.
 MAX_TRIES = 10
+#: Attribute names of the two buckets' ``tat`` in an item.
+FIELDS = {"requests": "requests_tat", "tokens": "tokens_tat"}
 
 LIMITS_TABLE_SCHEMA: dict[str, Any] = {
     "KeySchema": [{"AttributeName": "bucket_key", "KeyType": "HASH"}],
@@ -58,37 +68,6 @@ class Limits:
 
     requests_per_minute: int
     tokens_per_minute: int
-
-
-@dataclass(frozen=True)
-class Buckets:
-    """Stored state of a key's two buckets.
-
-    Attributes:
-        requests: requests left (may be fractional while refilling).
-        tokens: tokens left; negative while the key is in debt after an overrun.
-        updated: wall-clock seconds of the last refill.
-        version: incremented on every write (the optimistic-concurrency check).
-    """
-
-    requests: float
-    tokens: float
-    updated: float
-    version: int = 0
-
-
-def refill(buckets: Buckets | None, limits: Limits, now: float) -> Buckets:
-    """The buckets at ``now``: refilled at capacity / 60 per second, capped at capacity; full
-    when there is no stored state yet. ``version`` is kept (it names the state read)."""
-    if buckets is None:
-        return Buckets(float(limits.requests_per_minute), float(limits.tokens_per_minute), now, -1)
-    elapsed = max(0.0, now - buckets.updated)
-    return Buckets(
-        min(float(limits.requests_per_minute), buckets.requests + elapsed * limits.requests_per_minute / 60.0),
-        min(float(limits.tokens_per_minute), buckets.tokens + elapsed * limits.tokens_per_minute / 60.0),
-        max(now, buckets.updated),
-        buckets.version,
-    )
 
 
 def format_reset(seconds: float) -> str:
@@ -133,110 +112,139 @@ class LimitStatus:
         }
 
 
-@dataclass(frozen=True)
-class Taken:
-    """Result of :func:`take`: the new state (``None`` when refused), what is left, and for a
-    refusal which bucket (``"requests"`` or ``"tokens"``) and the seconds until it would pass."""
-
-    buckets: Buckets | None
-    status: LimitStatus
-    refused: str | None = None
-    retry_after: float = 0.0
+def remaining(tat: float | None, capacity: int, now: float) -> float:
+    """Units left in a bucket of ``capacity`` per minute whose ``tat`` is given (``None``: full);
+    negative while in debt."""
+    if tat is None or tat <= now:
+        return float(capacity)
+    # rounded: epoch seconds as floats carry ~2e-7 s of error, which must not cost a whole unit
+    return round(capacity - (tat - now) * capacity / WINDOW, 2)
 
 
-def take(stored: Buckets | None, limits: Limits, now: float, requests: int = 0, tokens: int = 0) -> Taken:
-    """Refill the buckets to ``now`` and take ``requests`` and ``tokens`` (each capped at its
-    bucket's capacity) from them, all or nothing. Pure."""
-    current = refill(stored, limits, now)
-    need_requests = min(requests, limits.requests_per_minute)
-    need_tokens = min(tokens, limits.tokens_per_minute)
-    if need_requests > current.requests + 1e-9:
-        wait = (need_requests - current.requests) * 60.0 / limits.requests_per_minute
-        return Taken(None, LimitStatus(limits, current.requests, current.tokens), "requests", wait)
-    if need_tokens > 0 and need_tokens > current.tokens + 1e-9:
-        wait = (need_tokens - current.tokens) * 60.0 / limits.tokens_per_minute
-        return Taken(None, LimitStatus(limits, current.requests, current.tokens), "tokens", wait)
-    after = replace(
-        current, requests=current.requests - need_requests, tokens=current.tokens - need_tokens, updated=now
+def status_of(item: dict[str, float], limits: Limits, now: float) -> LimitStatus:
+    """:class:`LimitStatus` from an item's two ``tat`` values (absent: a full bucket)."""
+    return LimitStatus(
+        limits,
+        remaining(item.get(FIELDS["requests"]), limits.requests_per_minute, now),
+        remaining(item.get(FIELDS["tokens"]), limits.tokens_per_minute, now),
     )
-    return Taken(after, LimitStatus(limits, after.requests, after.tokens))
+
+
+def charge(tat: float | None, cost: float, now: float) -> tuple[bool, float]:
+    """The rule every store applies atomically: a charge of ``cost`` seconds passes when
+    ``max(tat, now) + cost <= now + WINDOW``. Returns ``(passed, tat after)`` — on a refusal,
+    the ``tat`` unchanged. Pure."""
+    start = now if tat is None or tat <= now else tat
+    if start + cost > now + WINDOW + 1e-9:
+        return False, start
+    return True, start + cost
 
 
 class BucketStore(Protocol):
-    """Where bucket state lives; writes are conditional on the version read."""
+    """Where bucket state lives. Implementations apply :func:`charge` atomically."""
 
-    def load(self, bucket_key: str) -> Buckets | None: ...
-
-    def save(self, bucket_key: str, buckets: Buckets, expected_version: int) -> bool:
-        """Write ``buckets`` (with version ``expected_version + 1``) only if the stored version
-        is still ``expected_version`` (``-1``: only if there is no item). ``False`` on conflict."""
+    def take(self, bucket_key: str, field: str, cost: float, now: float) -> tuple[bool, dict[str, float]]:
+        """Apply :func:`charge` to ``field`` of ``bucket_key``'s item, atomically; return whether
+        it passed and the item's ``tat`` values after it (before it, on a refusal)."""
         ...
 
-    def add_tokens(self, bucket_key: str, delta: float) -> None: ...
+    def add(self, bucket_key: str, field: str, seconds: float, now: float) -> None:
+        """Add ``seconds`` to ``field`` (negative: give units back) when the item exists."""
+        ...
+
+    def load(self, bucket_key: str) -> dict[str, float]: ...
 
 
 def _num(value: float) -> Decimal:
-    return Decimal(str(round(value, 6)))
+    return Decimal(str(round(value, 9)))
+
+
+def _floats(item: dict[str, Any] | None) -> dict[str, float]:
+    """The ``tat`` values of an item: deserialized (``Decimal``), or raw as a failed condition's
+    ``Item`` arrives (``{"N": "…"}``: botocore does not deserialize error responses)."""
+    out = {}
+    for name in FIELDS.values():
+        value = (item or {}).get(name)
+        if value is not None:
+            out[name] = float(value["N"] if isinstance(value, dict) else value)
+    return out
 
 
 class DynamoBucketStore:
     """:class:`BucketStore` on a DynamoDB table (:data:`LIMITS_TABLE_SCHEMA`, TTL attribute
-    ``expires``). boto3 is created on first use (``AWS_ENDPOINT_URL_DYNAMODB`` locally)."""
+    ``expires``): each charge is one or two conditional ``UpdateItem`` calls, never a read."""
 
-    def __init__(self, table_name: str, resource: Any = None) -> None:
+    def __init__(self, table_name: str, resource: Any = None, max_tries: int = MAX_TRIES) -> None:
         self.table_name = table_name
         self._handle = TableHandle(table_name, resource)
+        self.max_tries = max_tries
 
     @property
     def table(self) -> Any:
         return self._handle.table
 
-    def load(self, bucket_key: str) -> Buckets | None:
-        item = self.table.get_item(Key={"bucket_key": bucket_key}, ConsistentRead=True).get("Item")
-        if not item or "updated" not in item:
-            return None
-        return Buckets(float(item["requests"]), float(item["tokens"]), float(item["updated"]), int(item["version"]))
-
-    def save(self, bucket_key: str, buckets: Buckets, expected_version: int) -> bool:
+    def take(self, bucket_key: str, field: str, cost: float, now: float) -> tuple[bool, dict[str, float]]:
         from botocore.exceptions import ClientError
 
-        condition: dict[str, Any]
-        if expected_version < 0:
-            condition = {"ConditionExpression": "attribute_not_exists(bucket_key)"}
-        else:
-            condition = {
-                "ConditionExpression": "version = :v",
-                "ExpressionAttributeValues": {":v": expected_version},
-            }
-        item = {
-            "bucket_key": bucket_key,
-            "requests": _num(buckets.requests),
-            "tokens": _num(buckets.tokens),
-            "updated": _num(buckets.updated),
-            "version": expected_version + 1,
-            "expires": int(buckets.updated) + ITEM_TTL_SECONDS,
-        }
-        try:
-            self.table.put_item(Item=item, **condition)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        def failed(exc: ClientError) -> dict[str, Any] | None:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise exc
+            return exc.response.get("Item")
 
-    def add_tokens(self, bucket_key: str, delta: float) -> None:
+        names = {"#t": field}
+        expires = int(now + WINDOW) + ITEM_TTL_SECONDS
+        for _ in range(self.max_tries):
+            try:  # a bucket in use: tat moves on by the cost, if it stays within the window
+                answer = self.table.update_item(
+                    Key={"bucket_key": bucket_key},
+                    UpdateExpression="SET #t = #t + :cost, expires = :exp",
+                    ConditionExpression="#t > :now AND #t <= :latest",
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues={
+                        ":cost": _num(cost),
+                        ":now": _num(now),
+                        ":latest": _num(now + WINDOW - cost),
+                        ":exp": expires,
+                    },
+                    ReturnValues="ALL_NEW",
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+                return True, _floats(answer.get("Attributes"))
+            except ClientError as exc:
+                old = _floats(failed(exc))
+                if field in old and old[field] > now:
+                    return False, old  # in use and over the window: refused
+            try:  # an idle (or new) bucket: tat starts from now
+                answer = self.table.update_item(
+                    Key={"bucket_key": bucket_key},
+                    UpdateExpression="SET #t = :start, expires = :exp",
+                    ConditionExpression="attribute_not_exists(#t) OR #t <= :now",
+                    ExpressionAttributeNames=names,
+                    ExpressionAttributeValues={":start": _num(now + cost), ":now": _num(now), ":exp": expires},
+                    ReturnValues="ALL_NEW",
+                )
+                return True, _floats(answer.get("Attributes"))
+            except ClientError as exc:
+                failed(exc)  # another container made it busy in between: try the first form again
+        raise Overloaded("The rate limiter is busy; please retry.", headers={"Retry-After": "1"})
+
+    def add(self, bucket_key: str, field: str, seconds: float, now: float) -> None:
         from botocore.exceptions import ClientError
 
         try:
             self.table.update_item(
                 Key={"bucket_key": bucket_key},
-                UpdateExpression="ADD tokens :d, version :one",
-                ConditionExpression="attribute_exists(bucket_key)",
-                ExpressionAttributeValues={":d": _num(delta), ":one": 1},
+                UpdateExpression="ADD #t :d SET expires = :exp",
+                ConditionExpression="attribute_exists(#t)",
+                ExpressionAttributeNames={"#t": field},
+                ExpressionAttributeValues={":d": _num(seconds), ":exp": int(now + WINDOW) + ITEM_TTL_SECONDS},
             )
-        except ClientError as exc:  # an expired item is a full bucket: nothing to settle
+        except ClientError as exc:  # no item: a full bucket, nothing to settle
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
+
+    def load(self, bucket_key: str) -> dict[str, float]:
+        return _floats(self.table.get_item(Key={"bucket_key": bucket_key}, ConsistentRead=True).get("Item"))
 
 
 class RateLimiter:
@@ -245,16 +253,15 @@ class RateLimiter:
     Args:
         store: bucket storage (DynamoDB in AWS and locally, a dict-backed fake in unit tests).
         clock: wall-clock seconds (injected in tests).
-        max_tries: conditional writes tried on contention before a 503.
     """
 
-    def __init__(self, store: BucketStore, clock: Callable[[], float] = time.time, max_tries: int = MAX_TRIES):
+    def __init__(self, store: BucketStore, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
-        self.max_tries = max_tries
 
     def acquire(self, bucket_key: str, limits: Limits, requests: int = 0, tokens: int = 0) -> LimitStatus:
-        """Take ``requests`` and ``tokens`` from ``bucket_key``'s buckets, all or nothing.
+        """Take ``requests`` from the request bucket, or ``tokens`` from the token bucket (one
+        of the two per call; each capped at its bucket's capacity).
 
         Returns:
             What is left (for the ``x-ratelimit-*`` headers).
@@ -262,29 +269,30 @@ class RateLimiter:
         Raises:
             RateLimited: 429, type ``requests`` or ``tokens``, with ``Retry-After`` and the
                 ``x-ratelimit-*`` headers.
-            Overloaded: 503 after :attr:`max_tries` lost write races (``Retry-After: 1``).
+            Overloaded: 503 when the bucket kept changing under every attempt.
         """
-        for _ in range(self.max_tries):
-            stored = self.store.load(bucket_key)
-            taken = take(stored, limits, self.clock(), requests, tokens)
-            if taken.refused is not None:
-                kind = taken.refused
-                limit = limits.requests_per_minute if kind == "requests" else limits.tokens_per_minute
-                unit = "requests" if kind == "requests" else "tokens"
-                wait = max(1, math.ceil(taken.retry_after))
-                raise RateLimited(
-                    f"Rate limit reached for {unit} per minute (limit {limit}). Please try again in {wait}s.",
-                    type=kind,
-                    headers={**taken.status.headers(), "Retry-After": str(wait)},
-                )
-            assert taken.buckets is not None
-            version = stored.version if stored is not None else -1
-            if self.store.save(bucket_key, taken.buckets, version):
-                return taken.status
-        raise Overloaded("The rate limiter is busy; please retry.", headers={"Retry-After": "1"})
+        kind, units = ("requests", requests) if requests else ("tokens", tokens)
+        capacity = limits.requests_per_minute if kind == "requests" else limits.tokens_per_minute
+        now = self.clock()
+        cost = min(units, capacity) * WINDOW / capacity
+        passed, item = self.store.take(bucket_key, FIELDS[kind], cost, now)
+        status = status_of(item, limits, now)
+        if passed:
+            return status
+        wait = max(1, math.ceil(item[FIELDS[kind]] + cost - (now + WINDOW)))
+        raise RateLimited(
+            f"Rate limit reached for {kind} per minute (limit {capacity}). Please try again in {wait}s.",
+            type=kind,
+            headers={**status.headers(), "Retry-After": str(wait)},
+        )
 
-    def settle(self, bucket_key: str, delta_tokens: float) -> None:
+    def settle(self, bucket_key: str, limits: Limits, delta_tokens: float) -> None:
         """Give back ``delta_tokens`` (positive: charged more than used) or take more (negative:
         an overrun, which may leave the bucket in debt)."""
         if delta_tokens:
-            self.store.add_tokens(bucket_key, delta_tokens)
+            seconds = -delta_tokens * WINDOW / limits.tokens_per_minute
+            self.store.add(bucket_key, FIELDS["tokens"], seconds, self.clock())
+
+    def status(self, bucket_key: str, limits: Limits) -> LimitStatus:
+        """What is left now, without taking anything (one strongly consistent read)."""
+        return status_of(self.store.load(bucket_key), limits, self.clock())

@@ -10,7 +10,6 @@ Lambda"). The routing config is read at startup from ``R1EDGE_CONFIG`` (a file p
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,7 +24,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from r1edge import auth, web
-from r1edge.classifier import estimate_prompt_tokens
 from r1edge.config import RoutingConfig, load_config
 from r1edge.errors import ConfigError
 from r1edge.gateway import Gateway
@@ -35,7 +33,6 @@ from r1edge.metrics import PROMETHEUS_CONTENT_TYPE, MetricsMiddleware, Recorder
 from r1edge.relay import SSE_HEADERS
 from r1edge.reload import ConfigReloader
 from r1edge.upstream import Upstream
-from r1edge.usage import Usage, usage_of
 from r1edge.validation import parse_json_body, validate_chat_request
 
 #: The router's logger: the parent of the ``r1edge-router`` child loggers in the gateway and the
@@ -130,48 +127,21 @@ def create_app(
         deadline = request_deadline(context, gateway.config.deadline, wall_clock())
         degrade = request.headers.get("x-r1edge-allow-degrade", "").strip().lower() in ("1", "true", "yes")
         classifier = gateway.config.classifier
-        prompt_estimate = estimate_prompt_tokens(chat.messages, classifier.chars_per_token)
-        charged = await auth.charge_tokens(
-            request, prompt_estimate + (chat.max_tokens or classifier.default_completion_tokens)
+        await auth.admit_chat(
+            request, chat.messages, chat.max_tokens or classifier.default_completion_tokens, classifier
         )
-        log_content = auth.log_content_enabled()
-        if log_content:
-            logger.info("chat request content", extra={"request_id": web.request_id(), "messages": chat.messages})
-        try:
-            if chat.stream:  # Starlette closes a stream (and so the upstream) when the client goes
-                routed = await gateway.complete(chat, web.request_id(), deadline, degrade)
-            else:
-                try:
-                    routed = await web.unless_disconnected(
-                        request, lambda: gateway.complete(chat, web.request_id(), deadline, degrade)
-                    )
-                except web.ClientDisconnected:
-                    await auth.finish(request, charged, None, None)
-                    return Response(status_code=web.CLIENT_CLOSED_REQUEST)
-        except Exception:
-            await auth.finish(request, charged, None, None)  # no answer: the tokens go back
-            raise
-        route = routed.decision.tier
+        if chat.stream:  # Starlette closes a stream (and so the upstream) when the client goes
+            routed = await gateway.complete(chat, web.request_id(), deadline, degrade)
+        else:
+            try:
+                routed = await web.unless_disconnected(
+                    request, lambda: gateway.complete(chat, web.request_id(), deadline, degrade)
+                )
+            except web.ClientDisconnected:
+                return Response(status_code=web.CLIENT_CLOSED_REQUEST)
         if routed.stream is not None:
-            stream = auth.metered(
-                request,
-                routed.stream,
-                charged,
-                route,
-                prompt_estimate,
-                classifier.chars_per_token,
-                on_text=_content_logger(web.request_id()) if log_content else None,
-            )
             return web.ClosingStreamingResponse(
-                stream, media_type="text/event-stream", headers={**routed.headers(), **SSE_HEADERS}
-            )
-        usage = usage_of(routed.completion) or _estimated_usage(
-            routed.completion, prompt_estimate, classifier.chars_per_token
-        )
-        await auth.finish(request, charged, route, usage)
-        if log_content:
-            logger.info(
-                "chat completion content", extra={"request_id": web.request_id(), "completion": routed.completion}
+                routed.stream, media_type="text/event-stream", headers={**routed.headers(), **SSE_HEADERS}
             )
         return JSONResponse(routed.completion, headers=routed.headers())
 
@@ -201,8 +171,9 @@ def create_app(
     active_guard = guard if guard is not None else auth.Guard.from_env()
     # Outermost first: request ids, then metrics (so 401s and 429s are counted), then API keys.
     middleware = [*web.middleware(), Middleware(MetricsMiddleware, recorder=metrics)]
-    if active_guard is not None:
-        middleware.append(Middleware(auth.ApiKeyMiddleware, guard=active_guard))
+    log_content = auth.log_content_enabled()
+    if active_guard is not None or log_content:
+        middleware.append(Middleware(auth.ApiKeyMiddleware, guard=active_guard, log_content=log_content))
     app = Starlette(
         routes=[
             *(extra_routes or []),
@@ -219,22 +190,3 @@ def create_app(
     app.state.metrics = metrics
     app.router.redirect_slashes = False  # an unknown path is a 404 in the OpenAI shape, not a 307
     return app
-
-
-def _content_logger(request_id: str) -> Callable[[str], None]:
-    """Logs a streamed answer's text (only when ``R1EDGE_LOG_CONTENT=true``)."""
-
-    def log(text: str) -> None:
-        logger.info("chat completion content", extra={"request_id": request_id, "completion_text": text})
-
-    return log
-
-
-def _estimated_usage(completion: dict[str, Any] | None, prompt_estimate: int, chars_per_token: float) -> Usage:
-    """Usage estimated from the answer's text (characters per token) when an upstream sent none."""
-    chars = 0
-    for choice in (completion or {}).get("choices") or []:
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if isinstance(message, dict):
-            chars += len(str(message.get("content") or "")) + len(str(message.get("reasoning_content") or ""))
-    return Usage(prompt_estimate, math.ceil(chars / chars_per_token))
