@@ -27,6 +27,7 @@ ATTRS = {
     "EdgeFunctionUrl.FunctionUrl": "https://edge123.lambda-url.us-east-1.on.aws/",
     "RouterStreamFunctionUrl.FunctionUrl": "https://router123.lambda-url.us-east-1.on.aws/",
     "EdgeFunction.Arn": "arn:aws:lambda:us-east-1:123456789012:function:edge",
+    "ResponseCacheTable.Arn": "arn:aws:dynamodb:us-east-1:123456789012:table/cache",
 }
 ROUTERS = ["RouterStreamFunction", "RouterBufferedFunction"]
 
@@ -153,14 +154,14 @@ def test_router_iam_is_least_privilege(name):
     resolver = Resolver(TEMPLATE, ATTRS)
     [policy] = resolver.resolve(RESOURCES[name]["Properties"]["Policies"])
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
-    assert set(by_sid) == {"InvokeEdgeFunctionUrl", "ReadClusterApiKey"}
+    assert set(by_sid) == {"InvokeEdgeFunctionUrl", "ReadClusterApiKey", "ResponseCache"}
     assert sorted(by_sid["InvokeEdgeFunctionUrl"]["Action"]) == ["lambda:InvokeFunction", "lambda:InvokeFunctionUrl"]
     assert by_sid["InvokeEdgeFunctionUrl"]["Resource"] == ATTRS["EdgeFunction.Arn"]
     assert by_sid["ReadClusterApiKey"]["Action"] == "secretsmanager:GetSecretValue"
     assert by_sid["ReadClusterApiKey"]["Resource"].endswith(":secret:r1edge/cluster-api-key-??????")
     no_secret = Resolver(TEMPLATE, ATTRS, {"ClusterApiKeySecretName": ""})
     [policy] = no_secret.resolve(RESOURCES[name]["Properties"]["Policies"])
-    assert [s["Sid"] for s in policy["Statement"]] == ["InvokeEdgeFunctionUrl"]
+    assert [s["Sid"] for s in policy["Statement"]] == ["InvokeEdgeFunctionUrl", "ResponseCache"]
 
 
 def test_edge_is_an_iam_protected_streaming_container_image():
