@@ -8,8 +8,10 @@ serving the same GGUF file with ``n_ctx`` 8192 — each on a free port, and the 
 ``127.0.0.1:PORT`` with a generated routing config that wires them together. A local S3 (a moto
 server) holds the config bucket, seeded from ``infra/local/configs/`` and the generated routing
 config, and the router's port also serves ``/v1/configs/*`` through the config function's
-handler (``infra/local/localapp.py``). ``R1EDGE_CONFIG`` (or ``--config``) replaces the
-generated config, and then only the router starts.
+handler (``infra/local/localapp.py``). The same moto server is the local DynamoDB: it holds the
+response cache's L2 table (:func:`create_cache_table`); the router's L1 cache starts empty in the
+run's temporary directory unless ``R1EDGE_CACHE_DIR`` names one. ``R1EDGE_CONFIG`` (or
+``--config``) replaces the generated config, and then only the router starts.
 
 Router only (``make run-router``): just the router, against the endpoints of ``--config``.
 
@@ -160,6 +162,35 @@ def seed_configs(endpoint: str, routing: str) -> int:
     return len(files) + 1
 
 
+#: The L2 response cache table in the local DynamoDB (the routing config's default ``cache.table``).
+CACHE_TABLE = "r1edge-cache"
+
+
+def create_cache_table(endpoint: str, table: str = CACHE_TABLE) -> str:
+    """Create the response cache's L2 table in the local DynamoDB (moto), keyed and expiring as
+    ``ResponseCacheTable`` in template.yaml (partition key ``key``, TTL on ``expires_at``);
+    return its name."""
+    import boto3
+
+    dynamodb = boto3.client(
+        "dynamodb",
+        endpoint_url=endpoint,
+        region_name=MOTO_ENV["AWS_DEFAULT_REGION"],
+        aws_access_key_id=MOTO_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=MOTO_ENV["AWS_SECRET_ACCESS_KEY"],
+    )
+    dynamodb.create_table(
+        TableName=table,
+        AttributeDefinitions=[{"AttributeName": "key", "AttributeType": "S"}],
+        KeySchema=[{"AttributeName": "key", "KeyType": "HASH"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    dynamodb.update_time_to_live(
+        TableName=table, TimeToLiveSpecification={"AttributeName": "expires_at", "Enabled": True}
+    )
+    return table
+
+
 def generated_config(edge_port: int, cluster_port: int) -> str:
     """The routing config for the full local stack (DESIGN.md format), as JSON text."""
     config = parse_config(
@@ -245,9 +276,14 @@ def main(argv: list[str] | None = None) -> int:
             wait_ready(stack, "local S3 (moto)", f"{s3_url}/moto-api/")
             seed_configs(s3_url, config_path.read_text())
             log(f"local S3 (moto)     {s3_url}   (bucket {CONFIG_BUCKET}: infra/local/configs/ and routing.json)")
+            cache_table = create_cache_table(s3_url)
+            log(f"local DynamoDB      {s3_url}   (response cache table {cache_table})")
             router_env = {
                 **MOTO_ENV,
                 "AWS_ENDPOINT_URL_S3": s3_url,
+                "AWS_ENDPOINT_URL_DYNAMODB": s3_url,
+                "R1EDGE_CACHE_L2": "true",
+                "R1EDGE_CACHE_TABLE": cache_table,
                 "CONFIG_BUCKET": CONFIG_BUCKET,
                 "CONFIG_PREFIX": CONFIG_PREFIX,
                 "CONFIG_CACHE_DIR": str(Path(workdir.name) / "configs-cache"),
@@ -257,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
             log(f"edge model server   http://127.0.0.1:{edge_port}/v1   (n_ctx {EDGE_N_CTX})")
             wait_ready(stack, "cluster stand-in", f"http://127.0.0.1:{cluster_port}/v1/models")
             log(f"cluster stand-in    http://127.0.0.1:{cluster_port}/v1   (llama_cpp.server, n_ctx {CLUSTER_N_CTX})")
+        # Each run starts with an empty L1 response cache unless R1EDGE_CACHE_DIR names one.
+        router_env.setdefault(
+            "R1EDGE_CACHE_DIR", os.environ.get("R1EDGE_CACHE_DIR") or str(Path(workdir.name) / "cache")
+        )
         stack.start(
             "router",
             uvicorn_argv(router_app[0], args.host, args.port, router_app[1]),

@@ -10,6 +10,7 @@ import os
 import boto3
 import pytest
 from moto import mock_aws
+from run import create_cache_table  # infra/local/run.py
 from samlocal import Resolver, function_environment, load_template
 
 from r1edge.cache import DiskStore, Entry, ResponseCache
@@ -208,3 +209,17 @@ def test_routers_get_the_table_with_get_and_put_only(name):
     assert env["R1EDGE_CACHE_TABLE"] == "ResponseCacheTable"
     assert env["R1EDGE_CACHE_L2"] == "true"
     assert env["R1EDGE_CACHE_TTL"] == "3600"
+
+
+def test_the_local_stack_creates_the_table_the_template_defines(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    props = TEMPLATE["Resources"]["ResponseCacheTable"]["Properties"]
+    with mock_aws():
+        name = create_cache_table(None, "local-cache")
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        table = client.describe_table(TableName=name)["Table"]
+        ttl = client.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
+    assert table["KeySchema"] == props["KeySchema"]
+    assert table["AttributeDefinitions"] == props["AttributeDefinitions"]
+    assert table["BillingModeSummary"]["BillingMode"] == props["BillingMode"]
+    assert (ttl["AttributeName"], ttl["TimeToLiveStatus"]) == ("expires_at", "ENABLED")
