@@ -135,6 +135,12 @@ def uvicorn_argv(function: str, host: str, port: int, app_dir: Path | None = Non
 CONFIG_BUCKET = "r1edge-configs"
 CONFIG_PREFIX = "configs/"
 SEED = Path(__file__).resolve().parent / "configs"
+#: ``python -m moto.server`` without its per-request access log (werkzeug's, at INFO): the router
+#: reads the response cache's table on every cacheable request.
+MOTO_QUIET = (
+    "import logging, sys; logging.getLogger('werkzeug').setLevel(logging.WARNING); "
+    "from moto.server import main; sys.argv[0] = 'moto.server'; main()"
+)
 #: Credentials for the local moto server (it accepts any).
 MOTO_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -266,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             s3_port = free_port()
             stack.start(
                 "local S3 (moto)",
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+                [sys.executable, "-c", MOTO_QUIET, "-H", "127.0.0.1", "-p", str(s3_port)],
                 child_env(**MOTO_ENV),
             )
             config_path = Path(workdir.name) / "routing.json"

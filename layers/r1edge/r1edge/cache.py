@@ -69,6 +69,9 @@ CACHEABLE_FINISH = frozenset({"stop", "length"})
 #: Largest entry written to DynamoDB: its item limit is 400 KB ("Service, account, and table
 #: quotas in Amazon DynamoDB"), attribute names and the key included; larger ones stay in L1.
 MAX_L2_ITEM_BYTES = 380_000
+#: botocore settings of the L2 client: the cache is an optimisation, so a slow or unreachable
+#: DynamoDB costs a request at most about 2 × (1 + 2) s, then counts as a miss (seconds).
+L2_CLIENT_CONFIG = {"connect_timeout": 1, "read_timeout": 2, "retries": {"max_attempts": 2, "mode": "standard"}}
 #: The public model name of each tier (for ``cache.nondeterministic_models`` and ``auto``).
 TIER_MODELS = {tier: name for name, tier in MODEL_TIERS.items() if tier is not None}
 
@@ -390,8 +393,8 @@ class DynamoStore:
 
     Args:
         table: the table name.
-        client: a boto3 DynamoDB client (default: created on first use; ``AWS_ENDPOINT_URL_DYNAMODB``
-            points it at moto locally).
+        client: a boto3 DynamoDB client (default: created on first use with :data:`L2_CLIENT_CONFIG`;
+            ``AWS_ENDPOINT_URL_DYNAMODB`` points it at moto locally).
     """
 
     def __init__(self, table: str, client: Any = None) -> None:
@@ -402,8 +405,9 @@ class DynamoStore:
     def client(self) -> Any:
         if self._client is None:
             import boto3  # lazy: only an L2 cache needs it
+            from botocore.config import Config
 
-            self._client = boto3.client("dynamodb")
+            self._client = boto3.client("dynamodb", config=Config(**L2_CLIENT_CONFIG))
         return self._client
 
     def get(self, key: str) -> Entry | None:
@@ -590,6 +594,8 @@ class ResponseCache:
         deadline = gateway.config.deadline if deadline is None else deadline
         if not settings.enabled:
             return Answer.of(await gateway.complete(request, request_id, deadline, allow_degrade))
+        with contextlib.suppress(Exception):  # a reloaded config may change the L1 cap
+            self.l1.resize(settings.l1_size_limit)
         decision = gateway.decide(request)
         policy = cache_policy(request, decision.tier, settings, cache_control(cache_control_header))
         if not (policy.lookup or policy.store):
