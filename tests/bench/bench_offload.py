@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -175,7 +176,16 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=1, help="clients; over 1, identical requests coalesce")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "bench" / "results" / "offload.json")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="send no new request after this long (a busy shared machine); the report then says it is partial",
+    )
     args = parser.parse_args()
+    stop = threading.Event()  # set by Ctrl-C/SIGTERM or --max-minutes: finish what runs, report what was done
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
     prompts = load_prompts(args.questions)
     draws = zipf_draws(args.requests, len(prompts), args.zipf, args.seed)
@@ -196,6 +206,10 @@ def main() -> int:
         with httpx.Client(base_url=base_url, headers=headers, timeout=600) as client:
 
             def run(i: int) -> None:
+                if args.max_minutes is not None and time.perf_counter() - started > 60 * args.max_minutes:
+                    stop.set()
+                if stop.is_set():
+                    return
                 prompt = prompts[draws[i]]
                 results[i] = {
                     "i": i,
@@ -212,6 +226,7 @@ def main() -> int:
                 list(pool.map(run, range(len(draws))))
     wall = time.perf_counter() - started
     rows = [r for r in results if r is not None]
+    partial = len(rows) < len(draws)
     failed = [r for r in rows if r["status"] != 200]
     ok = [r for r in rows if r["status"] == 200]
     overall = route_table(ok)
@@ -220,6 +235,8 @@ def main() -> int:
 
     print()
     print(f"{platform.machine()}, {os.cpu_count()} cores, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {wall:.0f} s")
+    if partial:
+        print(f"PARTIAL RUN: stopped after {len(rows)} of {len(draws)} requests")
     print_routes("All requests", overall, len(rows))
     print(
         f"never reached the cluster: {100 * never_cluster:.1f}% (target ≥ {100 * TARGET:.0f}%: "
@@ -253,6 +270,8 @@ def main() -> int:
             {
                 "date": datetime.now(UTC).isoformat(),
                 "requests": args.requests,
+                "completed": len(rows),
+                "partial": partial,
                 "distinct_prompts": len(first_at),
                 "zipf_exponent": args.zipf,
                 "seed": args.seed,
@@ -270,7 +289,7 @@ def main() -> int:
         )
     )
     print(f"JSON: {args.out}")
-    return 0 if not failed else 1
+    return 0 if not failed and not partial else 1
 
 
 if __name__ == "__main__":
