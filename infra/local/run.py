@@ -8,8 +8,10 @@ serving the same GGUF file with ``n_ctx`` 8192 — each on a free port, and the 
 ``127.0.0.1:PORT`` with a generated routing config that wires them together. A local S3 (a moto
 server) holds the config bucket, seeded from ``infra/local/configs/`` and the generated routing
 config, and the router's port also serves ``/v1/configs/*`` through the config function's
-handler (``infra/local/localapp.py``). ``R1EDGE_CONFIG`` (or ``--config``) replaces the
-generated config, and then only the router starts.
+handler (``infra/local/localapp.py``). The same moto server is the local DynamoDB: it holds the
+response cache's L2 table (:func:`create_cache_table`) among the others; the router's L1 cache starts empty in the
+run's temporary directory unless ``R1EDGE_CACHE_DIR`` names one. ``R1EDGE_CONFIG`` (or
+``--config``) replaces the generated config, and then only the router starts.
 
 The health function's prober (``infra/local/prober.py``) probes the endpoints every 30 s into a
 ``r1edge-health`` table in the same moto server (created from the template's ``HealthTable``),
@@ -147,6 +149,12 @@ def uvicorn_argv(function: str, host: str, port: int, app_dir: Path | None = Non
 CONFIG_BUCKET = "r1edge-configs"
 CONFIG_PREFIX = "configs/"
 SEED = Path(__file__).resolve().parent / "configs"
+#: ``python -m moto.server`` without its per-request access log (werkzeug's, at INFO): the router
+#: reads the response cache's table on every cacheable request.
+MOTO_QUIET = (
+    "import logging, sys; logging.getLogger('werkzeug').setLevel(logging.WARNING); "
+    "from moto.server import main; sys.argv[0] = 'moto.server'; main()"
+)
 #: Credentials for the local moto server (it accepts any).
 MOTO_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -214,7 +222,21 @@ def create_tables(endpoint: str) -> dict[str, str]:
         aws_access_key_id=MOTO_ENV["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=MOTO_ENV["AWS_SECRET_ACCESS_KEY"],
     )
-    return {"R1EDGE_HEALTH_TABLE": create_health_table(client)}
+    return {"R1EDGE_HEALTH_TABLE": create_health_table(client), "R1EDGE_CACHE_TABLE": create_cache_table(client)}
+
+
+#: The L2 response cache table in the local DynamoDB (the routing config's default ``cache.table``).
+CACHE_TABLE = "r1edge-cache"
+
+
+def create_cache_table(client: object, name: str = CACHE_TABLE) -> str:
+    """Create the response cache's L2 table (the template's ``ResponseCacheTable``: partition key
+    ``key``, TTL on ``expires_at``) with a boto3 DynamoDB client, and return its name."""
+    client.create_table(TableName=name, **template_table("ResponseCacheTable"))  # type: ignore[attr-defined]
+    client.update_time_to_live(  # type: ignore[attr-defined]
+        TableName=name, TimeToLiveSpecification={"AttributeName": "expires_at", "Enabled": True}
+    )
+    return name
 
 
 KEYS_TABLE, LIMITS_TABLE, USAGE_TABLE = "r1edge-keys", "r1edge-limits", "r1edge-usage"
@@ -339,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             s3_port = free_port()
             stack.start(
                 "local S3 (moto)",
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+                [sys.executable, "-c", MOTO_QUIET, "-H", "127.0.0.1", "-p", str(s3_port)],
                 child_env(**MOTO_ENV),
                 quiet=True,
             )
@@ -357,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                 **tables,
                 "AWS_ENDPOINT_URL_DYNAMODB": s3_url,
                 "AWS_ENDPOINT_URL_S3": s3_url,
+                "R1EDGE_CACHE_L2": "true",
                 "CONFIG_BUCKET": CONFIG_BUCKET,
                 "CONFIG_PREFIX": CONFIG_PREFIX,
                 "CONFIG_CACHE_DIR": str(Path(workdir.name) / "configs-cache"),
@@ -382,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
             aws_port = free_port()
             stack.start(
                 "local AWS (moto)",
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(aws_port)],
+                [sys.executable, "-c", MOTO_QUIET, "-H", "127.0.0.1", "-p", str(aws_port)],
                 child_env(**MOTO_ENV),
                 quiet=True,
             )
@@ -399,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
         log(
             f"manage keys:        AWS_ENDPOINT_URL_DYNAMODB={aws_url} AWS_ENDPOINT_URL_SECRETS_MANAGER={aws_url} "
             f"R1EDGE_KEYS_TABLE={KEYS_TABLE} R1EDGE_KEYS_SECRET={KEYS_SECRET} make keys ARGS=list"
+        )
+        # Each run starts with an empty L1 response cache unless R1EDGE_CACHE_DIR names one.
+        router_env.setdefault(
+            "R1EDGE_CACHE_DIR", os.environ.get("R1EDGE_CACHE_DIR") or str(Path(workdir.name) / "cache")
         )
         stack.start(
             "router",

@@ -108,7 +108,11 @@ REASONS = {CONFIDENT: "simple", HEAVY: "math:", SIMPLE: "low_confidence:"}
 @pytest.mark.parametrize(("model", "prompt", "route"), CASES)
 def test_openai_client_non_streamed(client, model, prompt, route):
     raw = client.chat.completions.with_raw_response.create(
-        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=24, temperature=0
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=24,
+        temperature=0,
+        extra_headers={"cache-control": "no-cache"},  # routing, not the response cache, is tested here
     )
     completion = raw.parse()
     assert raw.headers["x-r1edge-route"] == route
@@ -128,7 +132,7 @@ def test_openai_client_streamed(client, model, prompt, route):
         max_tokens=24,
         temperature=0,
         stream=True,
-        extra_headers={"x-request-id": f"it-{model}-{route}"},
+        extra_headers={"x-request-id": f"it-{model}-{route}", "cache-control": "no-cache"},
     )
     assert raw.headers["x-r1edge-route"] == route
     if model == "auto":
@@ -322,3 +326,29 @@ def test_api_keys_on_the_local_stack(stack):
         assert int(ok.headers["x-ratelimit-remaining-requests"]) < 600
         assert http.get("/models", headers=stack.auth).status_code == 200
     assert httpx.get(f"http://127.0.0.1:{stack.port}/health", timeout=30).status_code == 200  # no key needed
+
+
+def test_repeats_are_answered_from_the_cache_and_stored_in_the_local_dynamodb(stack, client):
+    import boto3
+
+    messages = [{"role": "user", "content": "Name one colour of the rainbow."}]
+    first = client.chat.completions.with_raw_response.create(
+        model="edge", messages=messages, max_tokens=12, temperature=0
+    )
+    again = client.chat.completions.with_raw_response.create(
+        model="edge", messages=messages, max_tokens=12, temperature=0, stream=True
+    )
+    assert first.headers["x-cache"] == "MISS"
+    assert (again.headers["x-cache"], again.headers["x-r1edge-route"]) == ("HIT", "cache")
+    text = "".join(c.choices[0].delta.content or "" for c in again.parse() if c.choices)
+    assert text == first.parse().choices[0].message.content
+    [moto_url] = [line.split()[3] for line in stack.output if "local DynamoDB" in line]
+    dynamodb = boto3.client(
+        "dynamodb",
+        endpoint_url=moto_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    items = dynamodb.scan(TableName="r1edge-cache")["Items"]
+    assert any(json.loads(i["entry"]["S"])["completion"]["choices"][0]["message"]["content"] == text for i in items)

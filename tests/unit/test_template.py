@@ -31,6 +31,7 @@ ATTRS = {
     "ApiKeysTable.Arn": "arn:aws:dynamodb:us-east-1:123456789012:table/keys",
     "RateLimitsTable.Arn": "arn:aws:dynamodb:us-east-1:123456789012:table/limits",
     "UsageTable.Arn": "arn:aws:dynamodb:us-east-1:123456789012:table/usage",
+    "ResponseCacheTable.Arn": "arn:aws:dynamodb:us-east-1:123456789012:table/cache",
 }
 ROUTERS = ["RouterStreamFunction", "RouterBufferedFunction"]
 
@@ -167,7 +168,10 @@ def test_router_iam_is_least_privilege(name):
         "ReadApiKeyHashSecret",
         "UpdateRateLimits",
         "RecordUsage",
+        "ResponseCache",
     }
+    assert sorted(by_sid["ResponseCache"]["Action"]) == ["dynamodb:GetItem", "dynamodb:PutItem"]
+    assert by_sid["ResponseCache"]["Resource"] == ATTRS["ResponseCacheTable.Arn"]
     assert by_sid["ReadApiKeys"]["Action"] == "dynamodb:GetItem"  # keys are written by the CLI, not the router
     assert by_sid["ReadApiKeys"]["Resource"] == ATTRS["ApiKeysTable.Arn"]
     assert by_sid["ReadApiKeyHashSecret"]["Resource"] == "ApiKeyHashSecret"  # the secret's own ARN (its Ref)

@@ -186,6 +186,42 @@ class Cascade(_Strict):
     stream_window: int = Field(8, ge=0, le=256)
 
 
+class Cache(_Strict):
+    """The exact response cache (see :mod:`r1edge.cache`).
+
+    Attributes:
+        enabled: look answers up and store them (default on; only deterministic requests are
+            cached unless ``nondeterministic_models`` widens it).
+        ttl: seconds an entry is served after it was stored (default 3600).
+        l1_size_limit: bytes the per-container diskcache in ``/tmp`` may hold before it evicts
+            the least recently used entries (default 256 MiB; Lambda's ``/tmp`` is 512 MB to
+            10 GB).
+        l2: also use the shared DynamoDB table ``table`` (default off).
+        table: DynamoDB table name of the L2 cache (partition key ``key``, TTL attribute
+            ``expires_at``).
+        nondeterministic_models: public model names (``auto``, ``edge``, ``deepseek-r1``) whose
+            requests are cached even without ``temperature: 0`` or a ``seed`` — e.g.
+            ``deepseek-r1`` when it is DeepSeek's ``deepseek-reasoner``, which ignores
+            ``temperature``. For ``auto``, the tier the request resolves to also counts
+            (``edge`` or ``deepseek-r1``).
+    """
+
+    enabled: bool = True
+    ttl: float = Field(3600.0, gt=0)
+    l1_size_limit: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
+    l2: bool = False
+    table: str = Field("r1edge-cache", min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
+    nondeterministic_models: list[str] = Field(default_factory=list)
+
+    @field_validator("nondeterministic_models")
+    @classmethod
+    def _public_models(cls, models: list[str]) -> list[str]:
+        for name in models:
+            if name not in MODEL_TIERS:
+                raise ValueError(f"unknown model {name!r}; use public model names: {', '.join(MODEL_TIERS)}")
+        return models
+
+
 DEFAULT_PATTERNS: dict[str, list[str]] = {
     "math": [
         r"\b(prove|proof|theorem|lemma|integral|integrate|derivative|differentiate|equations?|inequality)\b",
@@ -294,6 +330,7 @@ class RoutingConfig(_Strict):
         forward_fields: request fields forwarded upstream besides OpenAI's own
             (:data:`r1edge.validation.FORWARDED_FIELDS`); any other unknown field is accepted
             and dropped.
+        cache: :class:`Cache` settings.
     """
 
     endpoints: list[Endpoint] = Field(min_length=1)
@@ -310,6 +347,7 @@ class RoutingConfig(_Strict):
     max_body_bytes: int = Field(1024 * 1024, ge=1)
     limits: InputLimits = InputLimits()
     forward_fields: list[str] = Field(default_factory=list)
+    cache: Cache = Cache()
 
     @field_validator("endpoints")
     @classmethod
@@ -343,7 +381,30 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 #: Environment variables that override single values of a loaded config (DESIGN.md: "Environment
 #: variables override single values").
-ENV_OVERRIDES = {"R1EDGE_DEADLINE": ("deadline",), "R1EDGE_MAX_BODY_BYTES": ("max_body_bytes",)}
+ENV_OVERRIDES = {
+    "R1EDGE_DEADLINE": ("deadline",),
+    "R1EDGE_MAX_BODY_BYTES": ("max_body_bytes",),
+    "R1EDGE_CACHE_ENABLED": ("cache", "enabled"),
+    "R1EDGE_CACHE_TTL": ("cache", "ttl"),
+    "R1EDGE_CACHE_L2": ("cache", "l2"),
+    "R1EDGE_CACHE_TABLE": ("cache", "table"),
+}
+
+
+def _set_path(data: dict[str, Any], path: tuple[str, ...], value: str) -> None:
+    """Set ``data[path[0]][path[1]]… = value``, copying the nested mappings on the way (the
+    caller's document is never changed); a section that is not a mapping is left for the
+    validation to report."""
+    *parents, last = path
+    for key in parents:
+        section = data.get(key)
+        if section is None:
+            section = {}
+        elif not isinstance(section, dict):
+            return
+        data[key] = section = dict(section)
+        data = section
+    data[last] = value
 
 
 def parse_config(data: Any, environ: dict[str, str] | None = None) -> RoutingConfig:
@@ -361,9 +422,9 @@ def parse_config(data: Any, environ: dict[str, str] | None = None) -> RoutingCon
         raise ConfigError(f"routing config must be a mapping with an 'endpoints' list, got {type(data).__name__}")
     environ = os.environ if environ is None else environ
     data = dict(data)
-    for var, (key,) in ENV_OVERRIDES.items():
+    for var, path in ENV_OVERRIDES.items():
         if environ.get(var):
-            data[key] = environ[var]
+            _set_path(data, path, environ[var])
     try:
         return RoutingConfig.model_validate(data)
     except ValidationError as exc:

@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from r1edge import auth, web
+from r1edge.cache import ResponseCache
 from r1edge.config import RoutingConfig, load_config
 from r1edge.errors import ConfigError
 from r1edge.gateway import Gateway
@@ -62,6 +63,7 @@ def create_app(
     recorder: Recorder | None = None,
     health: HealthView | None = None,
     guard: auth.Guard | None = None,
+    cache: ResponseCache | None = None,
     **gateway_options: Any,
 ) -> Starlette:
     """Build the router app.
@@ -72,6 +74,8 @@ def create_app(
             re-reads it every ``R1EDGE_CONFIG_MAX_AGE`` seconds (default 60).
         reloader: a config reloader to use instead (tests inject one).
         extra_routes: more routes, matched first (the local stack adds ``/v1/configs/*``).
+        cache: the response cache; default: :meth:`ResponseCache.from_env` at startup (L1 in
+            ``R1EDGE_CACHE_DIR`` or a fresh temporary directory), closed at shutdown.
         upstream: the HTTP transport; default: a new pooled :class:`~r1edge.upstream.Upstream`,
             closed at shutdown.
         wall_clock: seconds since the epoch, for the Lambda deadline (injected in tests).
@@ -103,11 +107,15 @@ def create_app(
             initial, upstream or Upstream(), wall_clock=wall_clock, recorder=metrics, health=view, **gateway_options
         )
         app.state.created = int(time.time())
+        own_cache = cache is None
+        app.state.cache = cache or ResponseCache.from_env(initial.cache, wall_clock=wall_clock)
         try:
             yield
         finally:
             if own_upstream:
                 await app.state.gateway.upstream.aclose()
+            if own_cache:
+                app.state.cache.close()
 
     async def current(request: Request) -> Gateway:
         """The gateway, reconfigured first when a reloaded routing config changed."""
@@ -130,12 +138,14 @@ def create_app(
         await auth.admit_chat(
             request, chat.messages, chat.max_tokens or classifier.default_completion_tokens, classifier
         )
+        cache: ResponseCache = request.app.state.cache
+        rid, tenant, cache_control = web.request_id(), web.tenant(request), request.headers.get("cache-control")
         if chat.stream:  # Starlette closes a stream (and so the upstream) when the client goes
-            routed = await gateway.complete(chat, web.request_id(), deadline, degrade)
+            routed = await cache.complete(gateway, chat, tenant, cache_control, rid, deadline, degrade)
         else:
             try:
                 routed = await web.unless_disconnected(
-                    request, lambda: gateway.complete(chat, web.request_id(), deadline, degrade)
+                    request, lambda: cache.complete(gateway, chat, tenant, cache_control, rid, deadline, degrade)
                 )
             except web.ClientDisconnected:
                 return Response(status_code=web.CLIENT_CLOSED_REQUEST)
