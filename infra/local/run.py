@@ -413,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             wait_ready(stack, "local AWS (moto)", f"{aws_url}/moto-api/")
             if not any(os.environ.get(v) for v in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE")):
                 router_env.update(MOTO_ENV)  # moto takes any credentials; boto3 needs some
+            if not any(os.environ.get(v) for v in ("AWS_REGION", "AWS_DEFAULT_REGION")):
+                router_env["AWS_DEFAULT_REGION"] = MOTO_ENV["AWS_DEFAULT_REGION"]  # and a region
         keys_env, dev_key = setup_api_keys(aws_url, os.environ.get("R1EDGE_API_KEY"))
         router_env.update(keys_env)
         log(

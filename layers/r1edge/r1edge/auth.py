@@ -219,7 +219,7 @@ class ApiKeyMiddleware:
                 logger.info("request refused: rate limit", extra={"tenant": state.get("tenant"), "type": exc.type})
             await error_response(exc)(scope, receive, send)
         except Exception as exc:  # noqa: BLE001 - a store outage is a 503, never a 500 or a way in
-            logger.error("key or limits store unavailable", extra={"error": type(exc).__name__})
+            logger.error("key or limits store unavailable", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
             error = Overloaded("API keys cannot be checked right now; please retry.", headers={"Retry-After": "1"})
             await error_response(error)(scope, receive, send)
         return False
