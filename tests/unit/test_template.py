@@ -27,7 +27,12 @@ ATTRS = {
     "EdgeFunctionUrl.FunctionUrl": "https://edge123.lambda-url.us-east-1.on.aws/",
     "RouterStreamFunctionUrl.FunctionUrl": "https://router123.lambda-url.us-east-1.on.aws/",
     "EdgeFunction.Arn": "arn:aws:lambda:us-east-1:123456789012:function:edge",
+    "JobQueue.Arn": "arn:aws:sqs:us-east-1:123456789012:jobs",
+    "JobsTable.Arn": "arn:aws:dynamodb:us-east-1:123456789012:table/jobs",
+    "IdempotencyTable.Arn": "arn:aws:dynamodb:us-east-1:123456789012:table/idempotency",
+    "JobsBucket.Arn": "arn:aws:s3:::jobs",
 }
+JOB_SIDS = {"SubmitJobs", "JobRecords", "IdempotencyRecords", "JobObjects"}
 ROUTERS = ["RouterStreamFunction", "RouterBufferedFunction"]
 
 
@@ -114,7 +119,13 @@ def test_streaming_router_has_a_streaming_function_url_and_buffered_one_has_http
         for e in buffered["Events"].values()
         if e["Type"] == "HttpApi"
     }
-    assert routes == {("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/health")}
+    assert routes == {
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/v1/models"),
+        ("GET", "/health"),
+        ("POST", "/v1/jobs"),
+        ("GET", "/v1/jobs/{job_id}"),
+    }
 
 
 @pytest.mark.parametrize(
@@ -153,14 +164,21 @@ def test_router_iam_is_least_privilege(name):
     resolver = Resolver(TEMPLATE, ATTRS)
     [policy] = resolver.resolve(RESOURCES[name]["Properties"]["Policies"])
     by_sid = {s["Sid"]: s for s in policy["Statement"]}
-    assert set(by_sid) == {"InvokeEdgeFunctionUrl", "ReadClusterApiKey"}
+    assert set(by_sid) == {"InvokeEdgeFunctionUrl", "ReadClusterApiKey", *JOB_SIDS}
+    assert by_sid["SubmitJobs"] == {
+        "Sid": "SubmitJobs",
+        "Effect": "Allow",
+        "Action": "sqs:SendMessage",
+        "Resource": ATTRS["JobQueue.Arn"],
+    }
+    assert by_sid["JobObjects"]["Resource"] == "arn:aws:s3:::jobs/*"
     assert sorted(by_sid["InvokeEdgeFunctionUrl"]["Action"]) == ["lambda:InvokeFunction", "lambda:InvokeFunctionUrl"]
     assert by_sid["InvokeEdgeFunctionUrl"]["Resource"] == ATTRS["EdgeFunction.Arn"]
     assert by_sid["ReadClusterApiKey"]["Action"] == "secretsmanager:GetSecretValue"
     assert by_sid["ReadClusterApiKey"]["Resource"].endswith(":secret:r1edge/cluster-api-key-??????")
     no_secret = Resolver(TEMPLATE, ATTRS, {"ClusterApiKeySecretName": ""})
     [policy] = no_secret.resolve(RESOURCES[name]["Properties"]["Policies"])
-    assert [s["Sid"] for s in policy["Statement"]] == ["InvokeEdgeFunctionUrl"]
+    assert [s["Sid"] for s in policy["Statement"] if s["Sid"] not in JOB_SIDS] == ["InvokeEdgeFunctionUrl"]
 
 
 def test_edge_is_an_iam_protected_streaming_container_image():

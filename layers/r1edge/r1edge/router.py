@@ -22,10 +22,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from r1edge import web
+from r1edge import jobsapi, web
 from r1edge.config import RoutingConfig, load_config
-from r1edge.errors import ConfigError
+from r1edge.errors import ConfigError, Overloaded, RateLimited
 from r1edge.gateway import Gateway
+from r1edge.jobs import JobService
 from r1edge.lambda_context import in_lambda, request_deadline
 from r1edge.relay import SSE_HEADERS
 from r1edge.reload import ConfigReloader
@@ -56,6 +57,7 @@ def create_app(
     wall_clock: Callable[[], float] = time.time,
     reloader: ConfigReloader | None = None,
     extra_routes: list[BaseRoute] | None = None,
+    jobs: JobService | None = None,
     **gateway_options: Any,
 ) -> Starlette:
     """Build the router app.
@@ -66,6 +68,8 @@ def create_app(
             re-reads it every ``R1EDGE_CONFIG_MAX_AGE`` seconds (default 60).
         reloader: a config reloader to use instead (tests inject one).
         extra_routes: more routes, matched first (the local stack adds ``/v1/configs/*``).
+        jobs: the jobs service behind ``/v1/jobs`` and ``Prefer: respond-async``; default: built
+            from the environment at startup (:func:`r1edge.jobsapi.service_from_env`), or none.
         upstream: the HTTP transport; default: a new pooled :class:`~r1edge.upstream.Upstream`,
             closed at shutdown.
         wall_clock: seconds since the epoch, for the Lambda deadline (injected in tests).
@@ -85,6 +89,7 @@ def create_app(
         initial = config or (live.config if live is not None else config_from_env())
         app.state.gateway = Gateway(initial, upstream or Upstream(), wall_clock=wall_clock, **gateway_options)
         app.state.created = int(time.time())
+        app.state.jobs = jobs if jobs is not None else jobsapi.service_from_env()
         try:
             yield
         finally:
@@ -108,15 +113,21 @@ def create_app(
         context = request.headers.get("x-amzn-lambda-context") if in_lambda(os.environ) else None
         deadline = request_deadline(context, gateway.config.deadline, wall_clock())
         degrade = request.headers.get("x-r1edge-allow-degrade", "").strip().lower() in ("1", "true", "yes")
-        if chat.stream:  # Starlette closes a stream (and so the upstream) when the client goes
-            routed = await gateway.complete(chat, web.request_id(), deadline, degrade)
-        else:
-            try:
-                routed = await web.unless_disconnected(
-                    request, lambda: gateway.complete(chat, web.request_id(), deadline, degrade)
-                )
-            except web.ClientDisconnected:
-                return Response(status_code=web.CLIENT_CLOSED_REQUEST)
+        try:
+            if chat.stream:  # Starlette closes a stream (and so the upstream) when the client goes
+                routed = await gateway.complete(chat, web.request_id(), deadline, degrade)
+            else:
+                try:
+                    routed = await web.unless_disconnected(
+                        request, lambda: gateway.complete(chat, web.request_id(), deadline, degrade)
+                    )
+                except web.ClientDisconnected:
+                    return Response(status_code=web.CLIENT_CLOSED_REQUEST)
+        except (Overloaded, RateLimited):
+            queued = await jobsapi.respond_async(request, chat.body)  # Prefer: respond-async (RFC 7240)
+            if queued is None:
+                raise
+            return queued
         if routed.stream is not None:
             return web.ClosingStreamingResponse(
                 routed.stream, media_type="text/event-stream", headers={**routed.headers(), **SSE_HEADERS}
@@ -147,6 +158,7 @@ def create_app(
         routes=[
             *(extra_routes or []),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            *jobsapi.routes(),
             Route("/v1/models", models, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/ping", ping, methods=["GET"]),
