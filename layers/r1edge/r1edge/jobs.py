@@ -422,11 +422,17 @@ class JobQueue:
     def change_visibility(self, receipt_handle: str, seconds: int) -> None:
         """``ChangeMessageVisibility``: the message reappears ``seconds`` from now (0 to
         43,200, the SQS maximum)."""
-        self.sqs.change_message_visibility(
-            QueueUrl=self.settings.queue_url,
-            ReceiptHandle=receipt_handle,
-            VisibilityTimeout=max(0, min(43_200, int(seconds))),
-        )
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.sqs.change_message_visibility(
+                QueueUrl=self.settings.queue_url,
+                ReceiptHandle=receipt_handle,
+                VisibilityTimeout=max(0, min(43_200, int(seconds))),
+            )
+        except (BotoCoreError, ClientError) as exc:
+            # Not fatal: the message then reappears after the queue's own visibility timeout.
+            logger.warning("could not change the message's visibility", extra={"error": str(exc)})
 
 
 def job_view(job: dict[str, Any]) -> dict[str, Any]:
