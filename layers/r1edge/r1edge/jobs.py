@@ -32,6 +32,7 @@ import json
 import math
 import random
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -148,10 +149,16 @@ def new_job_id() -> str:
     return f"job_{uuid.uuid4().hex}"
 
 
-def _boto(service: str) -> Any:
-    import boto3  # clients are created lazily; endpoints come from AWS_ENDPOINT_URL_<SERVICE>
+_CLIENT_LOCK = threading.Lock()
 
-    return boto3.client(service)
+
+def _boto(service: str) -> Any:
+    """A boto3 client, created lazily (endpoints come from ``AWS_ENDPOINT_URL_<SERVICE>``).
+    Creating clients from boto3's default session is not thread-safe; using them is."""
+    import boto3
+
+    with _CLIENT_LOCK:
+        return boto3.client(service)
 
 
 def _dec(value: float) -> Decimal:
@@ -184,7 +191,8 @@ class JobStore:
     @property
     def dynamodb(self) -> Any:
         if self._dynamodb is None:
-            self._dynamodb = _boto("dynamodb")
+            client = _boto("dynamodb")
+            self._dynamodb = self._dynamodb or client
         return self._dynamodb
 
     @property
@@ -585,7 +593,9 @@ class JobService:
         self.store = store or JobStore(settings)
         self.queue = queue or JobQueue(settings)
         if idempotency_store is None and settings.idempotency_table:
-            idempotency_store = DynamoDBPersistenceLayer(table_name=settings.idempotency_table)
+            idempotency_store = DynamoDBPersistenceLayer(
+                table_name=settings.idempotency_table, boto3_client=_boto("dynamodb")
+            )
         self._idempotent: Callable[..., dict[str, Any]] | None = None
         if idempotency_store is not None:
             config = IdempotencyConfig(
