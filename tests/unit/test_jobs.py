@@ -291,3 +291,14 @@ def test_a_tenant_cannot_read_another_tenants_job(stack, client):
     stack.poll()
     assert stack.upstream.calls == []
     assert stack.job_item(job["id"])["status"] == "queued"
+
+
+def test_a_job_whose_stored_body_is_gone_fails_at_once(stack, client):
+    job = client.post("/v1/jobs", json=chat("word " * 60_000)).json()
+    stack.s3.delete_object(Bucket=stack.settings.bucket, Key=f"requests/{job['id']}.json")
+    assert stack.poll() == 1
+    failed = client.get(f"/v1/jobs/{job['id']}").json()
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "invalid_job_message"
+    assert stack.upstream.calls == []
+    assert stack.messages(stack.queue_url) == []

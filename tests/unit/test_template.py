@@ -235,7 +235,7 @@ def test_outputs_give_every_url():
 def test_events_for_sam_local_invoke_exist_and_are_payload_v2():
     events = sorted((ROOT / "tests" / "events").glob("*.json"))
     assert len(events) >= 5
-    shapes = {"config-rest.json": "httpMethod", "config-cloudfront.json": "Records"}
+    shapes = {"config-rest.json": "httpMethod", "config-cloudfront.json": "Records", "worker-sqs.json": "Records"}
     for path in events:
         if path.name in shapes:
             assert shapes[path.name] in json.loads(path.read_text())

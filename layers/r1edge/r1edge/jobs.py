@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger
 
-from r1edge.errors import InvalidRequest, OpenAIError, Overloaded, RateLimited, UpstreamTimeout, error_body
+from r1edge.errors import InvalidRequest, OpenAIError, Overloaded, RateLimited, error_body
 from r1edge.retry import backoff_delay
 from r1edge.validation import validate_chat_request
 
@@ -846,8 +846,9 @@ class JobRunner:
             return self._failed(job_id, exc, receipt_handle, receive_count)
         except Exception as exc:  # anything unexpected is retried, then dead-lettered
             logger.exception("job attempt crashed", extra={"job_id": job_id})
-            error = UpstreamTimeout(f"The job's attempt failed: {type(exc).__name__}: {exc}")
-            error.status, error.code = 500, "internal_error"
+            error = OpenAIError(
+                f"The job's attempt failed: {type(exc).__name__}: {exc}", status=500, code="internal_error"
+            )
             return self._failed(job_id, error, receipt_handle, receive_count)
         won = self.store.succeed(job_id, routed.completion)
         logger.info("job succeeded" if won else "job already finished; result dropped", extra={"job_id": job_id})
