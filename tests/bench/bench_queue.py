@@ -11,8 +11,8 @@ function's handler fed by infra/local/worker.py's loop), and a fast fake upstrea
 
 Each job is a ``POST /v1/jobs`` with an ``Idempotency-Key``. A share ``--crash-rate`` of worker
 runs (one run = one handler invocation on a batch of up to 10 messages) kills its process with
-``os._exit`` at one of the batch's result writes, just before or just after it; the benchmark
-starts a new worker each time, as Lambda would.
+``os._exit`` at the batch's first result write, just before or just after it, while the batch's
+other records are in flight; the benchmark starts a new worker each time, as Lambda would.
 
 Reported: jobs/s (accepted → all finished), jobs lost (accepted but neither succeeded nor failed
 at the end; must be 0), jobs with two results (a result write that took effect twice for one job,
@@ -110,7 +110,8 @@ def crashing_worker(log_path: str, seed: int, crash_rate: float) -> int:
     def run(event: dict, context: object) -> dict:
         records = event["Records"]
         crashing = rng.random() < crash_rate
-        plan.update(crash_at=rng.randrange(len(records)) if crashing else None, calls=0, after=rng.random() < 0.5)
+        # the run dies at its first result write (the batch's other records are in flight too)
+        plan.update(crash_at=0 if crashing else None, calls=0, after=rng.random() < 0.5)
         log.write(json.dumps({"event": "run", "records": len(records)}) + "\n")
         return handler(event, context)
 
@@ -328,6 +329,7 @@ def main() -> int:
         "worker_crashes": len(crash_events),
         "crash_share": round(len(crash_events) / runs, 4) if runs else 0.0,
         "crashes_after_write": sum(1 for e in crash_events if e["when"] == "after_write"),
+        "worker_restarts": crashes,
         "mean_attempts": round(statistics.fmean(attempts), 3) if attempts else 0.0,
         "seconds": round(finished - started, 2),
         "submit_seconds": round(submit_seconds, 2),
