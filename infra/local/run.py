@@ -167,7 +167,7 @@ JOBS_DLQ = "r1edge-jobs-dlq"
 JOBS_TABLE = "r1edge-jobs"
 IDEMPOTENCY_TABLE = "r1edge-idempotency"
 JOBS_BUCKET = "r1edge-jobs"
-#: Job queue attributes, as template.yaml sets them (tests/unit/test_jobs_template.py compares).
+#: Job queue attributes, as template.yaml sets them (tests/unit/test_jobs_worker.py compares).
 JOBS_QUEUE_ATTRIBUTES = {
     "VisibilityTimeout": "5400",
     "MaximumMessageSize": "262144",
