@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -131,28 +132,41 @@ def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-async def submit_all(url: str, count: int, concurrency: int) -> tuple[list[str], int]:
-    """POST ``count`` jobs; returns the accepted job ids and the number of refusals."""
+async def submit_all(
+    url: str, count: int, concurrency: int, per_request: int, window: int, finished: Callable[[], int]
+) -> tuple[list[str], int]:
+    """POST ``count`` jobs as ``{"requests": [...]}`` lists of ``per_request``, each with its own
+    ``Idempotency-Key``, keeping at most ``window`` jobs submitted and not yet finished
+    (``finished()`` counts them); returns the accepted job ids and the number of refusals."""
     ids: list[str] = []
     refused = 0
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(count):
-        queue.put_nowait(i)
+    lists: asyncio.Queue[int] = asyncio.Queue()
+    for start in range(0, count, per_request):
+        lists.put_nowait(start)
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    async with httpx.AsyncClient(timeout=60, headers=headers) as client:
+    async with httpx.AsyncClient(timeout=120, headers=headers) as client:
 
         async def submitter() -> None:
             nonlocal refused
-            while not queue.empty():
-                i = queue.get_nowait()
-                body = {"model": "deepseek-r1", "messages": [{"role": "user", "content": f"job {i}"}], "max_tokens": 8}
-                for _ in range(5):  # the same key again after a refusal: never a second job
-                    response = await client.post(f"{url}/v1/jobs", json=body, headers={"Idempotency-Key": f"bench-{i}"})
+            while not lists.empty():
+                start = lists.get_nowait()
+                size = min(per_request, count - start)
+                while len(ids) + size - finished() > window:  # noqa: ASYNC110 - another process writes the count
+                    await asyncio.sleep(0.25)
+                requests = [
+                    {"model": "deepseek-r1", "messages": [{"role": "user", "content": f"job {i}"}], "max_tokens": 8}
+                    for i in range(start, start + size)
+                ]
+                key = f"bench-{start}"
+                for _ in range(10):  # the same key again after a refusal: never a second set of jobs
+                    response = await client.post(
+                        f"{url}/v1/jobs", json={"requests": requests}, headers={"Idempotency-Key": key}
+                    )
                     if response.status_code == 202:
-                        ids.append(response.json()["id"])
+                        ids.extend(job["id"] for job in response.json()["data"])
                         break
                     refused += 1
-                    await asyncio.sleep(0.2)
+                    await asyncio.sleep(0.5)
 
         await asyncio.gather(*(submitter() for _ in range(concurrency)))
     return ids, refused
@@ -176,7 +190,11 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=500 if QUICK else 5000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--crash-rate", type=float, default=0.1)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=2, help="submissions in flight")
+    parser.add_argument("--per-request", type=int, default=25, help="jobs per POST /v1/jobs")
+    parser.add_argument(
+        "--window", type=int, default=100, help="most jobs submitted and not yet finished (moto's SQS slows with depth)"
+    )
     parser.add_argument("--visibility", type=int, default=2, help="queue visibility timeout, seconds")
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up waiting after this, seconds")
     parser.add_argument("--seed", type=int, default=7)
@@ -260,13 +278,28 @@ def main() -> int:
         submitted: dict[str, list] = {}
 
         async def submit_and_supervise() -> tuple[list[str], int]:
-            task = asyncio.ensure_future(submit_all(f"http://127.0.0.1:{router_port}", args.jobs, args.concurrency))
+            task = asyncio.ensure_future(
+                submit_all(
+                    f"http://127.0.0.1:{router_port}",
+                    args.jobs,
+                    args.concurrency,
+                    args.per_request,
+                    args.window,
+                    finished_jobs,
+                )
+            )
             while not task.done():
                 supervise()
                 await asyncio.sleep(0.2)
             return task.result()
 
         crashes = 0
+
+        def finished_jobs() -> int:
+            try:
+                return log_path.read_text().count('"event": "won"')
+            except FileNotFoundError:
+                return 0
 
         def supervise() -> None:
             nonlocal crashes
@@ -341,12 +374,15 @@ def main() -> int:
             "crash_rate": args.crash_rate,
             "visibility_timeout_s": args.visibility,
             "submit_concurrency": args.concurrency,
+            "jobs_per_submission": args.per_request,
+            "window": args.window,
             "batch_size": 10,
         },
     }
     print(
         f"\nqueue benchmark — {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{args.workers} workers, {args.crash_rate:.0%} of worker runs crash, visibility timeout {args.visibility} s\n"
+        f"{args.workers} workers, {args.crash_rate:.0%} of worker runs crash, visibility timeout {args.visibility} s, "
+        f"lists of {args.per_request} jobs per POST, at most {args.window} jobs outstanding\n"
     )
     print(
         "| jobs | jobs/s | lost | two results | dead-lettered | worker runs (crashed) | mean attempts "

@@ -27,6 +27,7 @@ shows them as integer seconds, as OpenAI does.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -813,7 +814,8 @@ class JobRunner:
         return math.ceil(min(delay, 43_200))
 
     async def run(self, body: str, receipt_handle: str, receive_count: int, time_left: float) -> Outcome:
-        """Run the job of one message.
+        """Run the job of one message. DynamoDB, S3 and SQS calls (blocking boto3) run in worker
+        threads, so the records of a batch overlap.
 
         Args:
             body: the message body.
@@ -832,25 +834,25 @@ class JobRunner:
         """
         message = self._decode(body)
         if message is None:
-            self.queue.change_visibility(receipt_handle, 0)
+            await asyncio.to_thread(self.queue.change_visibility, receipt_handle, 0)
             raise PoisonMessage(f"not a job message: {body[:200]!r}")
         job_id, tenant = message["job_id"], message["tenant"]
-        if not self.store.start(job_id, tenant):
+        if not await asyncio.to_thread(self.store.start, job_id, tenant):
             logger.info("job already finished or unknown; message dropped", extra={"job_id": job_id})
             return Outcome(job_id, "skipped")
         try:
-            chat = validate_chat_request(self.queue.load_request(message))
+            chat = validate_chat_request(await asyncio.to_thread(self.queue.load_request, message))
             deadline = max(0.001, time_left - self.settings.deadline_margin)
             routed = await self.gateway.complete(chat, job_id, deadline)
         except OpenAIError as exc:
-            return self._failed(job_id, exc, receipt_handle, receive_count)
+            return await asyncio.to_thread(self._failed, job_id, exc, receipt_handle, receive_count)
         except Exception as exc:  # anything unexpected is retried, then dead-lettered
             logger.exception("job attempt crashed", extra={"job_id": job_id})
             error = OpenAIError(
                 f"The job's attempt failed: {type(exc).__name__}: {exc}", status=500, code="internal_error"
             )
-            return self._failed(job_id, error, receipt_handle, receive_count)
-        won = self.store.succeed(job_id, routed.completion)
+            return await asyncio.to_thread(self._failed, job_id, error, receipt_handle, receive_count)
+        won = await asyncio.to_thread(self.store.succeed, job_id, routed.completion)
         logger.info("job succeeded" if won else "job already finished; result dropped", extra={"job_id": job_id})
         return Outcome(job_id, "succeeded" if won else "skipped")
 
