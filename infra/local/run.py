@@ -285,6 +285,75 @@ def setup_api_keys(endpoint: str, dev_key: str | None) -> tuple[dict[str, str], 
     return env, key
 
 
+#: Names of the local job queue, dead-letter queue, tables and bucket (template.yaml: JobQueue,
+#: JobDeadLetterQueue, JobsTable, IdempotencyTable, JobsBucket).
+JOBS_QUEUE = "r1edge-jobs"
+JOBS_DLQ = "r1edge-jobs-dlq"
+JOBS_TABLE = "r1edge-jobs"
+IDEMPOTENCY_TABLE = "r1edge-idempotency"
+JOBS_BUCKET = "r1edge-jobs"
+#: Job queue attributes, as template.yaml sets them (tests/unit/test_jobs_worker.py compares).
+JOBS_QUEUE_ATTRIBUTES = {
+    "VisibilityTimeout": "5400",
+    "MaximumMessageSize": "262144",
+    "MessageRetentionPeriod": "1209600",
+}
+JOBS_MAX_RECEIVE_COUNT = 5
+
+
+def create_local_aws_resources(endpoint: str | None, visibility_timeout: int | None = None) -> dict[str, str]:
+    """Create in the local AWS (moto server at ``endpoint``; ``None``: boto3's default, e.g. under
+    ``moto.mock_aws``) the resources template.yaml defines besides the config bucket: the job
+    queue and its dead-letter queue (redrive after :data:`JOBS_MAX_RECEIVE_COUNT` receives), the
+    jobs and idempotency tables (partition key ``id``, TTL on) and the jobs bucket.
+
+    Args:
+        endpoint: the moto server's URL, or ``None``.
+        visibility_timeout: seconds, overriding the queue's 5,400 (benchmarks use a short one so
+            a crashed worker's messages reappear quickly).
+
+    Returns:
+        The ``JOBS_*``/``IDEMPOTENCY_TABLE`` environment variables that point the router and
+        the worker at them.
+    """
+    import boto3
+
+    def client(service: str):
+        return boto3.client(
+            service,
+            endpoint_url=endpoint,
+            region_name=MOTO_ENV["AWS_DEFAULT_REGION"],
+            aws_access_key_id=MOTO_ENV["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=MOTO_ENV["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    sqs, dynamodb, s3 = client("sqs"), client("dynamodb"), client("s3")
+    dlq_url = sqs.create_queue(QueueName=JOBS_DLQ, Attributes={"MessageRetentionPeriod": "1209600"})["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    attributes = dict(JOBS_QUEUE_ATTRIBUTES)
+    if visibility_timeout is not None:
+        attributes["VisibilityTimeout"] = str(visibility_timeout)
+    attributes["RedrivePolicy"] = json.dumps(
+        {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": JOBS_MAX_RECEIVE_COUNT}
+    )
+    queue_url = sqs.create_queue(QueueName=JOBS_QUEUE, Attributes=attributes)["QueueUrl"]
+    for table, ttl in ((JOBS_TABLE, "expires_at"), (IDEMPOTENCY_TABLE, "expiration")):
+        dynamodb.create_table(
+            TableName=table,
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        dynamodb.update_time_to_live(TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl})
+    s3.create_bucket(Bucket=JOBS_BUCKET)
+    return {
+        "JOBS_QUEUE_URL": queue_url,
+        "JOBS_TABLE": JOBS_TABLE,
+        "IDEMPOTENCY_TABLE": IDEMPOTENCY_TABLE,
+        "JOBS_BUCKET": JOBS_BUCKET,
+    }
+
+
 def generated_config(edge_port: int, cluster_port: int) -> str:
     """The routing config for the full local stack (DESIGN.md format), as JSON text."""
     config = parse_config(
@@ -374,11 +443,18 @@ def main(argv: list[str] | None = None) -> int:
             tables = create_tables(s3_url)
             log(f"local S3 (moto)     {s3_url}   (bucket {CONFIG_BUCKET}: infra/local/configs/ and routing.json)")
             log(f"local DynamoDB      {s3_url}   (tables {', '.join(sorted(tables.values()))})")
+            jobs_env = create_local_aws_resources(s3_url)
+            log(
+                f"local SQS/DynamoDB  {s3_url}   (queue {JOBS_QUEUE}, DLQ {JOBS_DLQ}, tables {JOBS_TABLE}, "
+                f"{IDEMPOTENCY_TABLE})"
+            )
             router_env = {
                 **MOTO_ENV,
                 **tables,
+                **jobs_env,
+                "AWS_ENDPOINT_URL_S3": s3_url,  # S3, SQS, DynamoDB: only endpoint URLs differ from AWS
+                "AWS_ENDPOINT_URL_SQS": s3_url,
                 "AWS_ENDPOINT_URL_DYNAMODB": s3_url,
-                "AWS_ENDPOINT_URL_S3": s3_url,
                 "R1EDGE_CACHE_L2": "true",
                 "CONFIG_BUCKET": CONFIG_BUCKET,
                 "CONFIG_PREFIX": CONFIG_PREFIX,
@@ -434,6 +510,10 @@ def main(argv: list[str] | None = None) -> int:
             uvicorn_argv(router_app[0], args.host, args.port, router_app[1]),
             child_env(R1EDGE_CONFIG=config_source, **router_env),
         )
+        if "JOBS_QUEUE_URL" in router_env:
+            # The worker function's handler, fed SQS events by a polling loop (infra/local/worker.py).
+            worker_argv = [sys.executable, str(Path(__file__).resolve().parent / "worker.py")]
+            stack.start("job worker", worker_argv, child_env(R1EDGE_CONFIG=config_source, **router_env))
         if args.router_only:
             # Only the router is ours: ready once it is up; /health reports the endpoints' state.
             wait_ready(stack, "router", f"http://127.0.0.1:{args.port}/ping")

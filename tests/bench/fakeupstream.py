@@ -25,6 +25,7 @@ import random
 import signal
 import sys
 import threading
+import uuid
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
@@ -68,16 +69,36 @@ class CountingFaultServer(FaultServer):
         return Response(text, media_type="text/plain; version=0.0.4")
 
 
+def unique_completion() -> Fault:
+    """A healthy JSON answer whose ``id`` (and content) no other call shares, so two results of
+    one job can be told apart."""
+    token = uuid.uuid4().hex
+    completion = {
+        "id": f"chatcmpl-{token}",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "fake",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": token}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+    return Fault(body=json.dumps(completion).encode())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", default="0", help="failure share per server, comma-separated (0 to 1)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--delay-ms", type=float, default=0.0, help="wait before every answer, milliseconds")
+    parser.add_argument(
+        "--unique-ids", action="store_true", help="every JSON answer gets its own completion id (bench_queue.py)"
+    )
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     servers = []
     for i, rate in enumerate(rates):
         pick = chooser(rate, random.Random(args.seed * 100 + i)) if rate > 0 else None
+        if args.unique_ids and pick is None:
+            pick = unique_completion
         servers.append(
             CountingFaultServer(
                 f"r1-{i}", delay=args.delay_ms / 1000, chooser=pick, script=[Fault(chunks=3)], log_level="critical"

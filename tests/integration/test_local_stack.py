@@ -187,7 +187,7 @@ def test_signal_stops_every_process_the_stack_started(sig):
     s = Stack()
     started = children(s.proc.pid)
     try:
-        assert len(started) == 5  # edge, cluster stand-in, local S3 (moto), health prober, router
+        assert len(started) == 6  # edge, cluster stand-in, local AWS (moto), health prober, router, job worker
     except AssertionError:
         s.stop()  # a failed count must not leave the stack running
         raise
@@ -352,3 +352,26 @@ def test_repeats_are_answered_from_the_cache_and_stored_in_the_local_dynamodb(st
     )
     items = dynamodb.scan(TableName="r1edge-cache")["Items"]
     assert any(json.loads(i["entry"]["S"])["completion"]["choices"][0]["message"]["content"] == text for i in items)
+
+
+def test_a_job_goes_through_the_local_queue_and_worker(stack):
+    base = stack.base_url.removesuffix("/v1")
+    body = {"model": "deepseek-r1", "messages": [{"role": "user", "content": SIMPLE}], "max_tokens": 8}
+    with httpx.Client(base_url=base, timeout=30) as http:
+        submitted = http.post("/v1/jobs", json=body, headers={"Idempotency-Key": "local-stack-1"})
+        assert submitted.status_code == 202
+        job = submitted.json()
+        again = http.post("/v1/jobs", json=body, headers={"Idempotency-Key": "local-stack-1"})
+        assert again.json()["id"] == job["id"]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            current = http.get(submitted.headers["location"]).json()
+            if current["status"] in ("succeeded", "failed"):
+                break
+            time.sleep(0.2)  # polling the real model's answer, not waiting out a timer
+    assert current["status"] == "succeeded", current
+    assert current["attempts"] == 1
+    completion = current["response"]
+    assert completion["object"] == "chat.completion"
+    assert completion["usage"]["completion_tokens"] <= 8
+    assert completion["choices"][0]["message"]["content"]

@@ -193,17 +193,13 @@ def test_template_table_has_ttl_on_expires_at_and_the_key_schema_the_code_uses()
     assert props["BillingMode"] == "PAY_PER_REQUEST"
 
 
-#: The other tables the router policies name (resolved to placeholder ARNs here).
-OTHER_TABLES = ("HealthTable", "ApiKeysTable", "RateLimitsTable", "UsageTable")
-
-
 @pytest.mark.parametrize("name", ROUTERS)
 def test_routers_get_the_table_with_get_and_put_only(name):
     attrs = {
         "EdgeFunctionUrl.FunctionUrl": "https://edge.lambda-url.us-east-1.on.aws/",
         "EdgeFunction.Arn": "arn:aws:lambda:us-east-1:123456789012:function:edge",
         "ResponseCacheTable.Arn": "arn:aws:dynamodb:us-east-1:123456789012:table/cache",
-        **{f"{t}.Arn": f"arn:aws:dynamodb:us-east-1:123456789012:table/{t}" for t in OTHER_TABLES},
+        **{f"{r}.Arn": f"arn:aws:placeholder:::{r}" for r in TEMPLATE["Resources"] if r != "ResponseCacheTable"},
     }
     resolver = Resolver(TEMPLATE, attrs)
     [policy] = resolver.resolve(TEMPLATE["Resources"][name]["Properties"]["Policies"])

@@ -128,9 +128,9 @@ def test_every_iam_policy_is_least_privilege(translated):
     assert checked >= 10
 
 
-#: The roles that may invoke the edge's Function URL: the two routers, and the health function,
-#: which probes every endpoint of the routing config.
-EDGE_CALLERS = ("RouterStreamFunctionRole", "RouterBufferedFunctionRole", "HealthFunctionRole")
+#: The roles that may invoke the edge's Function URL: the two routers, the health function, which
+#: probes every endpoint of the routing config, and the job worker, which routes as the routers do.
+EDGE_CALLERS = ("RouterStreamFunctionRole", "RouterBufferedFunctionRole", "HealthFunctionRole", "WorkerFunctionRole")
 
 
 def test_the_edge_function_url_is_iam_and_only_the_routers_and_prober_may_invoke_it(translated):

@@ -32,7 +32,12 @@ ATTRS = {
     "RateLimitsTable.Arn": "arn:aws:dynamodb:us-east-1:123456789012:table/limits",
     "UsageTable.Arn": "arn:aws:dynamodb:us-east-1:123456789012:table/usage",
     "ResponseCacheTable.Arn": "arn:aws:dynamodb:us-east-1:123456789012:table/cache",
+    "JobQueue.Arn": "arn:aws:sqs:us-east-1:123456789012:jobs",
+    "JobsTable.Arn": "arn:aws:dynamodb:us-east-1:123456789012:table/jobs",
+    "IdempotencyTable.Arn": "arn:aws:dynamodb:us-east-1:123456789012:table/idempotency",
+    "JobsBucket.Arn": "arn:aws:s3:::jobs",
 }
+JOB_SIDS = {"SubmitJobs", "JobRecords", "IdempotencyRecords", "JobObjects"}
 ROUTERS = ["RouterStreamFunction", "RouterBufferedFunction"]
 
 
@@ -119,7 +124,13 @@ def test_streaming_router_has_a_streaming_function_url_and_buffered_one_has_http
         for e in buffered["Events"].values()
         if e["Type"] == "HttpApi"
     }
-    assert routes == {("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/health")}
+    assert routes == {
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/v1/models"),
+        ("GET", "/health"),
+        ("POST", "/v1/jobs"),
+        ("GET", "/v1/jobs/{job_id}"),
+    }
 
 
 @pytest.mark.parametrize(
@@ -169,7 +180,15 @@ def test_router_iam_is_least_privilege(name):
         "UpdateRateLimits",
         "RecordUsage",
         "ResponseCache",
+        *JOB_SIDS,
     }
+    assert by_sid["SubmitJobs"] == {
+        "Sid": "SubmitJobs",
+        "Effect": "Allow",
+        "Action": "sqs:SendMessage",
+        "Resource": ATTRS["JobQueue.Arn"],
+    }
+    assert by_sid["JobObjects"]["Resource"] == "arn:aws:s3:::jobs/*"
     assert sorted(by_sid["ResponseCache"]["Action"]) == ["dynamodb:GetItem", "dynamodb:PutItem"]
     assert by_sid["ResponseCache"]["Resource"] == ATTRS["ResponseCacheTable.Arn"]
     assert by_sid["ReadApiKeys"]["Action"] == "dynamodb:GetItem"  # keys are written by the CLI, not the router
@@ -253,6 +272,7 @@ def test_events_for_sam_local_invoke_exist_and_are_payload_v2():
         "config-rest.json": "httpMethod",
         "config-cloudfront.json": "Records",
         "health-schedule.json": "detail-type",
+        "worker-sqs.json": "Records",
     }
     for path in events:
         if path.name in shapes:

@@ -23,12 +23,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from r1edge import auth, web
+from r1edge import auth, jobsapi, web
 from r1edge.cache import ResponseCache
 from r1edge.config import RoutingConfig, load_config
-from r1edge.errors import ConfigError
+from r1edge.errors import ConfigError, Overloaded, RateLimited
 from r1edge.gateway import Gateway
 from r1edge.health import HealthView, view_from_env
+from r1edge.jobs import JobService
 from r1edge.lambda_context import in_lambda, request_deadline
 from r1edge.metrics import PROMETHEUS_CONTENT_TYPE, MetricsMiddleware, Recorder
 from r1edge.relay import SSE_HEADERS
@@ -64,6 +65,7 @@ def create_app(
     health: HealthView | None = None,
     guard: auth.Guard | None = None,
     cache: ResponseCache | None = None,
+    jobs: JobService | None = None,
     **gateway_options: Any,
 ) -> Starlette:
     """Build the router app.
@@ -76,6 +78,8 @@ def create_app(
         extra_routes: more routes, matched first (the local stack adds ``/v1/configs/*``).
         cache: the response cache; default: :meth:`ResponseCache.from_env` at startup (L1 in
             ``R1EDGE_CACHE_DIR`` or a fresh temporary directory), closed at shutdown.
+        jobs: the jobs service behind ``/v1/jobs`` and ``Prefer: respond-async``; default: built
+            from the environment at startup (:func:`r1edge.jobsapi.service_from_env`), or none.
         upstream: the HTTP transport; default: a new pooled :class:`~r1edge.upstream.Upstream`,
             closed at shutdown.
         wall_clock: seconds since the epoch, for the Lambda deadline (injected in tests).
@@ -109,6 +113,7 @@ def create_app(
         app.state.created = int(time.time())
         own_cache = cache is None
         app.state.cache = cache or ResponseCache.from_env(initial.cache, wall_clock=wall_clock)
+        app.state.jobs = jobs if jobs is not None else jobsapi.service_from_env()
         try:
             yield
         finally:
@@ -140,15 +145,21 @@ def create_app(
         )
         cache: ResponseCache = request.app.state.cache
         rid, tenant, cache_control = web.request_id(), web.tenant(request), request.headers.get("cache-control")
-        if chat.stream:  # Starlette closes a stream (and so the upstream) when the client goes
-            routed = await cache.complete(gateway, chat, tenant, cache_control, rid, deadline, degrade)
-        else:
-            try:
-                routed = await web.unless_disconnected(
-                    request, lambda: cache.complete(gateway, chat, tenant, cache_control, rid, deadline, degrade)
-                )
-            except web.ClientDisconnected:
-                return Response(status_code=web.CLIENT_CLOSED_REQUEST)
+        try:
+            if chat.stream:  # Starlette closes a stream (and so the upstream) when the client goes
+                routed = await cache.complete(gateway, chat, tenant, cache_control, rid, deadline, degrade)
+            else:
+                try:
+                    routed = await web.unless_disconnected(
+                        request, lambda: cache.complete(gateway, chat, tenant, cache_control, rid, deadline, degrade)
+                    )
+                except web.ClientDisconnected:
+                    return Response(status_code=web.CLIENT_CLOSED_REQUEST)
+        except (Overloaded, RateLimited):
+            queued = await jobsapi.respond_async(request, chat.body)  # Prefer: respond-async (RFC 7240)
+            if queued is None:
+                raise
+            return queued
         if routed.stream is not None:
             return web.ClosingStreamingResponse(
                 routed.stream, media_type="text/event-stream", headers={**routed.headers(), **SSE_HEADERS}
@@ -188,6 +199,7 @@ def create_app(
         routes=[
             *(extra_routes or []),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            *jobsapi.routes(),
             Route("/v1/models", models, methods=["GET"]),
             Route("/health", health_check, methods=["GET"]),
             Route("/ping", ping, methods=["GET"]),
