@@ -34,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "layers" / "r1edge"), str(ROOT / "tests"), str(ROOT / "infra" / "local")]
+os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")  # the routers' per-request logs are not measured
 
 import boto3  # noqa: E402
 import httpx  # noqa: E402
