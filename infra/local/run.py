@@ -418,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
                     str(CLUSTER_N_CTX),
                     "--logits_all",
                     "false",
+                    # the default ends a running stream with [DONE] when another request (a health
+                    # probe's GET /v1/models, say) arrives: see the README's decisions log
+                    "--interrupt_requests",
+                    "false",
                     "--verbose",
                     "false",
                     "--host",
