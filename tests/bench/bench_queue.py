@@ -236,6 +236,9 @@ def main() -> int:
             AWS_ENDPOINT_URL_S3=moto_url,
             R1EDGE_CONFIG=str(config),
             R1EDGE_API_KEY=API_KEY,
+            # retries of jobs hit by the machine's load: seconds, like the short visibility timeout
+            JOBS_BACKOFF_BASE="0.5",
+            JOBS_BACKOFF_CAP=str(args.visibility * 2),
             POWERTOOLS_LOG_LEVEL="ERROR",
         )
         router_port = free_port()
@@ -373,6 +376,7 @@ def main() -> int:
             "workers": args.workers,
             "crash_rate": args.crash_rate,
             "visibility_timeout_s": args.visibility,
+            "retry_backoff_s": [0.5, args.visibility * 2],
             "submit_concurrency": args.concurrency,
             "jobs_per_submission": args.per_request,
             "window": args.window,
