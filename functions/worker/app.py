@@ -15,7 +15,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import AsyncBatchProcessor, EventType, async_process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from r1edge.worker import handle_record, runner_from_env
+from r1edge.worker import handle_record, report_queue_depth, runner_from_env
 
 logger = Logger(service="r1edge-worker")
 # A batch whose every record failed is still a normal answer listing them all (not an error).
@@ -28,6 +28,9 @@ async def record_handler(record: SQSRecord, lambda_context: Any = None) -> Any:
 
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return async_process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
-    )
+    try:
+        return async_process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+    finally:
+        report_queue_depth(runner_from_env())  # job outcomes and queue depth, flushed as EMF

@@ -272,6 +272,33 @@ def test_the_alert_rules_load_and_cover_load_errors_and_ttft():
     assert "r1edge_time_to_first_token_seconds_bucket" in rules["R1EdgeTimeToFirstTokenHigh"]["expr"]
 
 
+def exercise_cache_and_jobs(monkeypatch) -> set[str]:
+    """A response cache miss then hit through the router, and a queued job through the worker
+    function's handler (moto, inside the caller's ``mock_aws``); the metric names emitted."""
+    from jobstack import JobStack, chat
+
+    router_metrics, worker_metrics = Recorder("router"), Recorder("worker")
+    repeat = {"model": "deepseek-r1", "messages": HEAVY, "temperature": 0}
+    fake = FakeUpstream({"r1-a": [json_reply(completion("cached"))]})
+    app = create_app(config(endpoint("r1-a", "cluster")), fake.upstream(), recorder=router_metrics)
+    with TestClient(app) as client:
+        first = client.post("/v1/chat/completions", json=repeat)
+        again = client.post("/v1/chat/completions", json=repeat)
+    assert (first.headers["x-cache"], again.headers["x-cache"]) == ("MISS", "HIT")
+    assert sample(router_metrics.prometheus_text().decode(), "r1edge_cache_lookups_total", result="hit") == 1
+    jobs = JobStack(monkeypatch)
+    jobs.runner.recorder = worker_metrics
+    jobs.upstream.script["r1"] = [json_reply(completion("done"))]
+    jobs.service.submit("t1", chat(), "req-1")
+    jobs.drain()
+    text = worker_metrics.prometheus_text().decode()
+    assert sample(text, "r1edge_jobs_total", status="succeeded") == 1
+    assert sample(text, "r1edge_queue_depth") == 0
+    return {
+        s.name for recorder in (router_metrics, worker_metrics) for f in recorder.registry.collect() for s in f.samples
+    }
+
+
 def exercise_every_code_path(health_table) -> set[str]:
     """Drive the router (JSON, stream, failover, retry, breaker, cascade, health table), the
     health prober and the edge's cold start (their EMF goes to stdout); return every Prometheus
@@ -324,8 +351,8 @@ def exercise_every_code_path(health_table) -> set[str]:
     return names
 
 
-def test_every_metric_on_the_dashboard_and_in_the_alert_rules_is_emitted(health_table, capsys):
-    emitted = exercise_every_code_path(health_table)
+def test_every_metric_on_the_dashboard_and_in_the_alert_rules_is_emitted(health_table, monkeypatch, capsys):
+    emitted = exercise_every_code_path(health_table) | exercise_cache_and_jobs(monkeypatch)
     lines = emf_lines(capsys.readouterr().out)
     ours = {m for m in referenced(dashboard_exprs() + rule_exprs()) if m.startswith("r1edge_")}
     engines = {m for m in referenced(dashboard_exprs()) if not m.startswith("r1edge_")}

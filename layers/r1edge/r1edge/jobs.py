@@ -43,6 +43,7 @@ from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger
 
+from r1edge import metrics
 from r1edge.errors import InvalidRequest, OpenAIError, Overloaded, RateLimited, error_body
 from r1edge.retry import backoff_delay
 from r1edge.validation import validate_chat_request
@@ -428,6 +429,20 @@ class JobQueue:
             ) from None
         return json.loads(raw)
 
+    def depth(self) -> int | None:
+        """Messages waiting in the queue (SQS ``ApproximateNumberOfMessages``), or ``None`` when
+        the queue cannot be read (logged; a metric is not worth failing a batch for)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            attributes = self.sqs.get_queue_attributes(
+                QueueUrl=self.settings.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+            )["Attributes"]
+            return int(attributes["ApproximateNumberOfMessages"])
+        except (BotoCoreError, ClientError, KeyError, ValueError) as exc:
+            logger.warning("queue depth unreadable", extra={"error": str(exc)})
+            return None
+
     def change_visibility(self, receipt_handle: str, seconds: int) -> None:
         """``ChangeMessageVisibility``: the message reappears ``seconds`` from now (0 to
         43,200, the SQS maximum)."""
@@ -787,6 +802,10 @@ class JobRunner:
         gateway: the routing core (:class:`~r1edge.gateway.Gateway`, non-streamed).
         store, queue: default: built from ``settings``.
         rng: randomness for the backoff jitter.
+        recorder: where job outcomes are counted (``r1edge_jobs{status}``, EMF ``JobOutcomes``):
+            ``succeeded``, ``failed`` (permanent), ``dead_lettered`` (failed on its last receive),
+            ``retried`` (left for redelivery), ``poison`` (not a job message); default: the
+            process's ``worker`` recorder.
     """
 
     def __init__(
@@ -796,7 +815,9 @@ class JobRunner:
         store: JobStore | None = None,
         queue: JobQueue | None = None,
         rng: random.Random | None = None,
+        recorder: metrics.Recorder | None = None,
     ) -> None:
+        self.recorder = recorder or metrics.default("worker")
         self.settings = settings
         self.gateway = gateway
         self.store = store or JobStore(settings)
@@ -835,6 +856,7 @@ class JobRunner:
         message = self._decode(body)
         if message is None:
             await asyncio.to_thread(self.queue.change_visibility, receipt_handle, 0)
+            self.recorder.job_outcome("poison")
             raise PoisonMessage(f"not a job message: {body[:200]!r}")
         job_id, tenant = message["job_id"], message["tenant"]
         if not await asyncio.to_thread(self.store.start, job_id, tenant):
@@ -854,6 +876,8 @@ class JobRunner:
             return await asyncio.to_thread(self._failed, job_id, error, receipt_handle, receive_count)
         won = await asyncio.to_thread(self.store.succeed, job_id, routed.completion)
         logger.info("job succeeded" if won else "job already finished; result dropped", extra={"job_id": job_id})
+        if won:
+            self.recorder.job_outcome("succeeded")
         return Outcome(job_id, "succeeded" if won else "skipped")
 
     def _failed(self, job_id: str, exc: OpenAIError, receipt_handle: str, receive_count: int) -> Outcome:
@@ -861,6 +885,7 @@ class JobRunner:
         if not is_retryable(exc):
             self.store.fail(job_id, error)
             logger.info("job failed (permanent)", extra={"job_id": job_id, "error": error})
+            self.recorder.job_outcome("failed")
             return Outcome(job_id, "failed")
         if receive_count >= self.settings.max_receive_count:
             # The last receive: record the failure now (the dead-letter queue has no consumer
@@ -870,12 +895,14 @@ class JobRunner:
             logger.warning(
                 "job failed after its last attempt; message to the DLQ", extra={"job_id": job_id, "error": error}
             )
+            self.recorder.job_outcome("dead_lettered")
             raise RetryLater(f"job {job_id} failed {receive_count} times: {exc.message}", 0)
         self.store.retry_later(job_id, error)
         retry_after = _retry_after(exc)
         delay = self.backoff(receive_count, retry_after)
         self.queue.change_visibility(receipt_handle, delay)
         logger.info("job will be retried", extra={"job_id": job_id, "delay": delay, "error": error})
+        self.recorder.job_outcome("retried")
         raise RetryLater(f"job {job_id}: {exc.message}", delay)
 
     @staticmethod

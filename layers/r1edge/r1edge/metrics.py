@@ -342,6 +342,7 @@ class MetricsMiddleware:
                 seen["tier"] = headers.get("x-r1edge-route", NONE)
                 seen["endpoint"] = headers.get("x-r1edge-upstream", NONE)
                 seen["sse"] = headers.get("content-type", "").startswith("text/event-stream")
+                seen["cache"] = headers.get("x-cache")
             elif message["type"] == "http.response.body" and seen["sse"] and seen["first"] is None:
                 body = message.get("body", b"")
                 if body and not body.lstrip().startswith(b":"):
@@ -355,6 +356,8 @@ class MetricsMiddleware:
             path = getattr(route, "path", None) or "unmatched"
             ended = self.clock()
             self.recorder.request(path, seen["tier"], seen["endpoint"], seen["status"], ended - started)
+            if seen.get("cache"):  # the response cache's x-cache: HIT, MISS or BYPASS
+                self.recorder.cache_lookup(seen["cache"].lower())
             if seen["first"] is not None and 200 <= seen["status"] < 300:
                 self.recorder.first_token(seen["tier"], seen["endpoint"], seen["first"] - started)
             self.recorder.flush()

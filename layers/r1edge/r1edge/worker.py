@@ -81,3 +81,12 @@ async def handle_record(runner: JobRunner, record: SQSRecord, lambda_context: An
     then lists it in ``batchItemFailures``). See :meth:`JobRunner.run`."""
     receive_count = int(record.attributes.approximate_receive_count or 1)
     return await runner.run(record.body, record.receipt_handle, receive_count, time_left(lambda_context))
+
+
+def report_queue_depth(runner: JobRunner) -> None:
+    """Record the queue's depth (``r1edge_queue_depth``, EMF ``QueueDepth``) and flush the
+    batch's metrics as EMF; called once per batch, after its records."""
+    depth = runner.queue.depth()
+    if depth is not None:
+        runner.recorder.queue_depth(depth)
+    runner.recorder.flush()
