@@ -159,19 +159,23 @@ MOTO_QUIET = (
 MOTO_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def seed_configs(endpoint: str, routing: str) -> int:
-    """Create the config bucket in the local S3 and upload ``infra/local/configs/`` under
-    ``configs/``, plus the generated routing config as ``configs/routing.json``; return how many
-    files were uploaded."""
+def moto_session():  # -> boto3.Session
+    """A boto3 session with the local moto server's credentials and region (:data:`MOTO_ENV`);
+    its clients take the server's URL as ``endpoint_url``."""
     import boto3
 
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
+    return boto3.Session(
         region_name=MOTO_ENV["AWS_DEFAULT_REGION"],
         aws_access_key_id=MOTO_ENV["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=MOTO_ENV["AWS_SECRET_ACCESS_KEY"],
     )
+
+
+def seed_configs(endpoint: str, routing: str) -> int:
+    """Create the config bucket in the local S3 and upload ``infra/local/configs/`` under
+    ``configs/``, plus the generated routing config as ``configs/routing.json``; return how many
+    files were uploaded."""
+    s3 = moto_session().client("s3", endpoint_url=endpoint)
     s3.create_bucket(Bucket=CONFIG_BUCKET)
     files = sorted(p for p in SEED.rglob("*") if p.is_file())
     for path in files:
@@ -213,15 +217,7 @@ def create_health_table(client: object, name: str = HEALTH_TABLE) -> str:
 def create_tables(endpoint: str) -> dict[str, str]:
     """Create the local stack's DynamoDB tables in the moto server at ``endpoint``; return the
     environment variables that name them (for the router and the prober)."""
-    import boto3
-
-    client = boto3.client(
-        "dynamodb",
-        endpoint_url=endpoint,
-        region_name=MOTO_ENV["AWS_DEFAULT_REGION"],
-        aws_access_key_id=MOTO_ENV["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=MOTO_ENV["AWS_SECRET_ACCESS_KEY"],
-    )
+    client = moto_session().client("dynamodb", endpoint_url=endpoint)
     return {"R1EDGE_HEALTH_TABLE": create_health_table(client), "R1EDGE_CACHE_TABLE": create_cache_table(client)}
 
 
@@ -252,17 +248,11 @@ def setup_api_keys(endpoint: str, dev_key: str | None) -> tuple[dict[str, str], 
     one. Return the router's environment for them and the key."""
     import secrets
 
-    import boto3
-
     from r1edge.keys import KEYS_TABLE_SCHEMA, DynamoKeyStore, create_key
     from r1edge.ratelimit import LIMITS_TABLE_SCHEMA
     from r1edge.usage import USAGE_TABLE_SCHEMA
 
-    session = boto3.Session(
-        region_name=MOTO_ENV["AWS_DEFAULT_REGION"],
-        aws_access_key_id=MOTO_ENV["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=MOTO_ENV["AWS_SECRET_ACCESS_KEY"],
-    )
+    session = moto_session()
     dynamodb = session.client("dynamodb", endpoint_url=endpoint)
     for name, schema in (
         (KEYS_TABLE, KEYS_TABLE_SCHEMA),
@@ -316,18 +306,8 @@ def create_local_aws_resources(endpoint: str | None, visibility_timeout: int | N
         The ``JOBS_*``/``IDEMPOTENCY_TABLE`` environment variables that point the router and
         the worker at them.
     """
-    import boto3
-
-    def client(service: str):
-        return boto3.client(
-            service,
-            endpoint_url=endpoint,
-            region_name=MOTO_ENV["AWS_DEFAULT_REGION"],
-            aws_access_key_id=MOTO_ENV["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=MOTO_ENV["AWS_SECRET_ACCESS_KEY"],
-        )
-
-    sqs, dynamodb, s3 = client("sqs"), client("dynamodb"), client("s3")
+    session = moto_session()
+    sqs, dynamodb, s3 = (session.client(name, endpoint_url=endpoint) for name in ("sqs", "dynamodb", "s3"))
     dlq_url = sqs.create_queue(QueueName=JOBS_DLQ, Attributes={"MessageRetentionPeriod": "1209600"})["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     attributes = dict(JOBS_QUEUE_ATTRIBUTES)

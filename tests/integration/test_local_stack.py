@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from run import HEALTH_TABLE, MOTO_ENV, free_port  # infra/local/run.py, on pytest's pythonpath
+from run import HEALTH_TABLE, free_port, moto_session  # infra/local/run.py, on pytest's pythonpath
 
 pytestmark = pytest.mark.integration
 
@@ -296,17 +296,10 @@ def prometheus(text: str) -> dict[tuple[str, tuple], float]:
 
 def health_records(stack) -> dict[str, dict]:
     """The health table in the stack's moto server (its URL from the start-up lines)."""
-    import boto3
 
     [line] = [line for line in stack.output if "local DynamoDB" in line]
     endpoint = line.split()[3]
-    client = boto3.resource(
-        "dynamodb",
-        endpoint_url=endpoint,
-        region_name=MOTO_ENV["AWS_DEFAULT_REGION"],
-        aws_access_key_id=MOTO_ENV["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=MOTO_ENV["AWS_SECRET_ACCESS_KEY"],
-    )
+    client = moto_session().resource("dynamodb", endpoint_url=endpoint)
     return {item["endpoint"]: item for item in client.Table(HEALTH_TABLE).scan()["Items"]}
 
 
@@ -329,7 +322,6 @@ def test_api_keys_on_the_local_stack(stack):
 
 
 def test_repeats_are_answered_from_the_cache_and_stored_in_the_local_dynamodb(stack, client):
-    import boto3
 
     messages = [{"role": "user", "content": "Name one colour of the rainbow."}]
     first = client.chat.completions.with_raw_response.create(
@@ -343,13 +335,7 @@ def test_repeats_are_answered_from_the_cache_and_stored_in_the_local_dynamodb(st
     text = "".join(c.choices[0].delta.content or "" for c in again.parse() if c.choices)
     assert text == first.parse().choices[0].message.content
     [moto_url] = [line.split()[3] for line in stack.output if "local DynamoDB" in line]
-    dynamodb = boto3.client(
-        "dynamodb",
-        endpoint_url=moto_url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    dynamodb = moto_session().client("dynamodb", endpoint_url=moto_url)
     items = dynamodb.scan(TableName="r1edge-cache")["Items"]
     assert any(json.loads(i["entry"]["S"])["completion"]["choices"][0]["message"]["content"] == text for i in items)
 
