@@ -221,9 +221,14 @@ def test_router_only_with_a_config_file(tmp_path, stack):
             model="edge", messages=[{"role": "user", "content": SIMPLE}], max_tokens=8
         )
         assert raw.headers["x-r1edge-upstream"] == "via-router"
-        metrics = httpx.get(s.base_url.removesuffix("/v1") + "/metrics", timeout=10)  # no API key needed
-        assert metrics.status_code == 200
-        assert 'r1edge_requests_total{endpoint="via-router",route="/v1/chat/completions"' in metrics.text
+        counted = 'r1edge_requests_total{endpoint="via-router",route="/v1/chat/completions"'
+        for _ in range(50):  # the request is counted once its response has ended, which the client may not wait for
+            metrics = httpx.get(s.base_url.removesuffix("/v1") + "/metrics", timeout=10)  # no API key needed
+            assert metrics.status_code == 200
+            if counted in metrics.text:
+                break
+            time.sleep(0.1)
+        assert counted in metrics.text, metrics.text
     finally:
         assert s.stop() == 0
 
@@ -344,14 +349,15 @@ def test_a_job_goes_through_the_local_queue_and_worker(stack):
     base = stack.base_url.removesuffix("/v1")
     body = {"model": "deepseek-r1", "messages": [{"role": "user", "content": SIMPLE}], "max_tokens": 8}
     with httpx.Client(base_url=base, timeout=30) as http:
-        submitted = http.post("/v1/jobs", json=body, headers={"Idempotency-Key": "local-stack-1"})
+        headers = {"Idempotency-Key": "local-stack-1", **stack.auth}
+        submitted = http.post("/v1/jobs", json=body, headers=headers)
         assert submitted.status_code == 202
         job = submitted.json()
-        again = http.post("/v1/jobs", json=body, headers={"Idempotency-Key": "local-stack-1"})
+        again = http.post("/v1/jobs", json=body, headers=headers)
         assert again.json()["id"] == job["id"]
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            current = http.get(submitted.headers["location"]).json()
+            current = http.get(submitted.headers["location"], headers=stack.auth).json()
             if current["status"] in ("succeeded", "failed"):
                 break
             time.sleep(0.2)  # polling the real model's answer, not waiting out a timer
