@@ -29,10 +29,12 @@ import json
 import os
 import platform
 import random
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -86,7 +88,19 @@ def crashing_worker(log_path: str, seed: int, crash_rate: float) -> int:
     from r1edge.jobs import JobStore
 
     rng = random.Random(seed)
-    log = open(log_path, "a", buffering=1)  # noqa: SIM115 - one line per event, flushed; closed by exit
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    lock = threading.Lock()
+
+    class Log:
+        """One ``os.write`` per line on an ``O_APPEND`` descriptor, under a lock: result writes
+        run in threads, and a line must be on disk before the process may die."""
+
+        @staticmethod
+        def write(line: str) -> None:
+            with lock:
+                os.write(fd, line.encode())
+
+    log = Log()
     plan: dict[str, object] = {"crash_at": None, "calls": 0, "after": False}
     original = JobStore.succeed
 
@@ -205,6 +219,10 @@ def main() -> int:
 
     import boto3
 
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # so the finally below stops every process started here
+
+    signal.signal(signal.SIGTERM, on_signal)
     parts = Parts()
     workdir = tempfile.TemporaryDirectory(prefix="r1edge-bench-queue-")
     log_path = Path(workdir.name) / "workers.jsonl"

@@ -599,34 +599,49 @@ class JobService:
         idempotency_store: Any = None,
         in_progress_seconds: int = 30,
     ) -> None:
+        self.settings = settings
+        self.store = store or JobStore(settings)
+        self.queue = queue or JobQueue(settings)
+        self._idempotency_store = idempotency_store
+        self._in_progress_seconds = in_progress_seconds
+        self._idempotent_function: Callable[..., dict[str, Any]] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def _idempotent(self) -> Callable[..., dict[str, Any]] | None:
+        """The Powertools-wrapped submission, built on first use (its DynamoDB client too, so a
+        router that never sees an ``Idempotency-Key`` never creates one); ``None`` without an
+        idempotency table."""
+        with self._lock:
+            if self._idempotent_function is None:
+                self._idempotent_function = self._build_idempotent()
+            return self._idempotent_function
+
+    def _build_idempotent(self) -> Callable[..., dict[str, Any]] | None:
         from aws_lambda_powertools.utilities.idempotency import (
             DynamoDBPersistenceLayer,
             IdempotencyConfig,
             idempotent_function,
         )
 
-        self.settings = settings
-        self.store = store or JobStore(settings)
-        self.queue = queue or JobQueue(settings)
-        if idempotency_store is None and settings.idempotency_table:
-            idempotency_store = DynamoDBPersistenceLayer(
-                table_name=settings.idempotency_table, boto3_client=_boto("dynamodb")
-            )
-        self._idempotent: Callable[..., dict[str, Any]] | None = None
-        if idempotency_store is not None:
-            config = IdempotencyConfig(
-                event_key_jmespath="[tenant, key]",
-                payload_validation_jmespath="body_sha256",
-                raise_on_no_idempotency_key=True,
-                expires_after_seconds=settings.idempotency_seconds,
-                lambda_context=_InProgressContext(in_progress_seconds * 1000),  # type: ignore[arg-type]
-            )
-            self._idempotent = idempotent_function(
-                data_keyword_argument="submission",
-                persistence_store=idempotency_store,
-                config=config,
-                key_prefix="r1edge-jobs",  # the same key in every router function (stream, buffered)
-            )(self._submit_recorded)
+        store = self._idempotency_store
+        if store is None and self.settings.idempotency_table:
+            store = DynamoDBPersistenceLayer(table_name=self.settings.idempotency_table, boto3_client=_boto("dynamodb"))
+        if store is None:
+            return None
+        config = IdempotencyConfig(
+            event_key_jmespath="[tenant, key]",
+            payload_validation_jmespath="body_sha256",
+            raise_on_no_idempotency_key=True,
+            expires_after_seconds=self.settings.idempotency_seconds,
+            lambda_context=_InProgressContext(self._in_progress_seconds * 1000),  # type: ignore[arg-type]
+        )
+        return idempotent_function(
+            data_keyword_argument="submission",
+            persistence_store=store,
+            config=config,
+            key_prefix="r1edge-jobs",  # the same key in every router function (stream, buffered)
+        )(self._submit_recorded)
 
     def submit(
         self,
