@@ -482,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{DEV_RPM} requests/min, {DEV_TPM} tokens/min"
         )
         log(
-            f"manage keys:        AWS_ENDPOINT_URL_DYNAMODB={aws_url} AWS_ENDPOINT_URL_SECRETS_MANAGER={aws_url} "
+            f"manage keys:        {' '.join(f'{k}={v}' for k, v in MOTO_ENV.items())} "
+            f"AWS_ENDPOINT_URL_DYNAMODB={aws_url} AWS_ENDPOINT_URL_SECRETS_MANAGER={aws_url} "
             f"R1EDGE_KEYS_TABLE={KEYS_TABLE} R1EDGE_KEYS_SECRET={KEYS_SECRET} make keys ARGS=list"
         )
         # Each run starts with an empty L1 response cache unless R1EDGE_CACHE_DIR names one.

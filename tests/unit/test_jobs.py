@@ -302,3 +302,44 @@ def test_a_job_whose_stored_body_is_gone_fails_at_once(stack, client):
     assert failed["error"]["code"] == "invalid_job_message"
     assert stack.upstream.calls == []
     assert stack.messages(stack.queue_url) == []
+
+
+def test_jobs_are_charged_to_the_keys_token_bucket_and_recorded_as_queue_usage(stack):
+    from fakes import add_key, memory_guard
+
+    guard = memory_guard()
+    key = add_key(guard, "acme", tpm=100_000)
+    app = create_app(
+        stack.gateway.config, stack.upstream.upstream(), jobs=stack.service, guard=guard, **stack.fake_clock.options()
+    )
+    auth = {"x-api-key": key}
+    with TestClient(app, raise_server_exceptions=False) as c:
+        first = c.post("/v1/jobs", json={"requests": [chat(str(i), max_tokens=30_000) for i in range(3)]}, headers=auth)
+        assert first.status_code == 202
+        assert int(first.headers["x-ratelimit-remaining-tokens"]) < 100_000 - 90_000
+        again = c.post("/v1/jobs", json=chat("more", max_tokens=30_000), headers=auth)
+        assert (again.status_code, again.json()["error"]["type"]) == (429, "tokens")  # the bucket paid for the 3
+    [(tenant, period)] = guard.usage.store.items
+    assert (tenant, period.split("#")[1]) == ("acme", "queue")
+    requests, prompt, completion_tokens = guard.usage.store.items[(tenant, period)]
+    assert (requests, completion_tokens) == (1, 90_000)
+    assert prompt > 0
+
+
+def test_a_job_for_an_unknown_model_is_refused_at_submission(stack, client):
+    response = client.post("/v1/jobs", json=chat(model="no-such-model"))
+    assert response.status_code == 404
+    assert (response.json()["error"]["code"], response.json()["error"]["param"]) == ("model_not_found", "model")
+    listed = client.post("/v1/jobs", json={"requests": [chat(), chat(model="nope")]})
+    assert (listed.status_code, listed.json()["error"]["param"]) == (404, "requests[1].model")
+    assert stack.messages(stack.queue_url) == []  # nothing was queued
+
+
+def test_prefer_respond_async_honours_the_idempotency_key(stack, client):
+    stack.upstream.script["r1"] = [json_reply({"error": {"message": "busy"}}, status=503)] * 2
+    headers = {"Prefer": "respond-async", "Idempotency-Key": "retry-me"}
+    first = client.post("/v1/chat/completions", json=chat(), headers=headers)
+    retried = client.post("/v1/chat/completions", json=chat(), headers=headers)
+    assert (first.status_code, retried.status_code) == (202, 202)
+    assert retried.json()["id"] == first.json()["id"]  # the client's retry did not queue a second job
+    assert len(stack.messages(stack.queue_url)) == 1

@@ -253,6 +253,44 @@ async def admit_chat(request: Request, messages: list[dict[str, Any]], max_token
         logger.info("chat request content", extra={"request_id": _request_id(), "messages": messages})
 
 
+async def admit_jobs(request: Request, requests: list[dict[str, Any]], classifier: Any) -> None:
+    """Called by ``POST /v1/jobs`` once a submission is valid: take the estimated tokens of all
+    its requests (prompt estimate plus ``max_tokens`` each, the job cap when absent) from the
+    key's token bucket at once. A job is paid up front: the charge is kept (:func:`keep_charge`)
+    and recorded in the usage table under route ``queue`` as that estimate, since the worker
+    answers after this request has ended. Without the middleware, nothing happens.
+
+    Raises:
+        RateLimited: 429 type ``tokens`` with ``Retry-After``.
+    """
+    from r1edge.classifier import estimate_prompt_tokens
+
+    state = request.scope.get("state")
+    if state is None or "guard" not in state:
+        return
+    prompt = sum(estimate_prompt_tokens(r.get("messages") or [], classifier.chars_per_token) for r in requests)
+    completion = sum(int(r.get("max_completion_tokens") or r.get("max_tokens") or 0) for r in requests)
+    guard: Guard | None = state["guard"]
+    key: ApiKey | None = state.get("api_key")
+    charged = 0
+    if guard is not None and key is not None:
+        limits = limits_of(key)
+        tokens = prompt + completion
+        state["ratelimit"] = await anyio.to_thread.run_sync(guard.limiter.acquire, key.key_id, limits, 0, tokens)
+        charged = min(tokens, limits.tokens_per_minute)
+    state.update(prompt_estimate=prompt, chars_per_token=classifier.chars_per_token, charged=charged)
+    state["kept"] = Usage(prompt, completion)
+
+
+def keep_charge(request: Request) -> None:
+    """Keep the tokens this request was charged (no refund, no settling) and record them as its
+    usage under route ``queue``: its answer is a queued job, paid up front
+    (``Prefer: respond-async``)."""
+    state = request.scope.get("state")
+    if state is not None and "prompt_estimate" in state:
+        state["kept"] = Usage(state["prompt_estimate"], max(0, state.get("charged", 0) - state["prompt_estimate"]))
+
+
 def _request_id() -> str:
     from r1edge.web import request_id
 
@@ -269,11 +307,15 @@ async def _finish(state: dict[str, Any], meter: _Meter) -> None:
     key: ApiKey | None = state.get("api_key")
     if guard is None or key is None:
         return
+    kept: Usage | None = state.get("kept") if 200 <= meter.status < 300 else None
     answered = meter.answered()
     used = usage.total_tokens if answered else 0
 
     def work() -> None:
-        guard.limiter.settle(key.key_id, limits_of(key), state["charged"] - used)
+        if kept is not None:  # a queued job, paid up front: nothing to settle
+            guard.usage.record(key.tenant, "queue", kept)
+            return
+        guard.limiter.settle(key.key_id, limits_of(key), state.get("charged", 0) - used)
         if answered:
             guard.usage.record(key.tenant, meter.route or "unknown", usage)
 

@@ -147,22 +147,29 @@ def route_headers(decision: Decision | None, endpoint: str | None, attempts: int
 
 
 def _upstream_client_error(response_body: bytes, status: int) -> OpenAIError:
-    """Relay an upstream 400/413/422, keeping its OpenAI-shaped message when it has one."""
-    message, param, code, type_ = f"upstream rejected the request (HTTP {status})", None, None, None
+    """Relay an upstream 400/413/422, keeping its message: OpenAI's ``{"error": {...}}``, the
+    top-level ``{"object": "error", "message": ...}`` of SGLang and older vLLM, FastAPI's
+    ``{"detail": ...}``, or the text of the body. The type is always ``invalid_request_error``
+    (DESIGN.md, "Errors": a 4xx for the client's request)."""
+    message, param, code = f"upstream rejected the request (HTTP {status})", None, None
     try:
-        error = json.loads(response_body).get("error")
+        body = json.loads(response_body)
+        error = body.get("error")
         if isinstance(error, dict):
             message = str(error.get("message") or message)
-            param, code, type_ = (
-                v if isinstance(v, str) else None for v in (error.get("param"), error.get("code"), error.get("type"))
-            )
+            param, code = (v if isinstance(v, str) else None for v in (error.get("param"), error.get("code")))
         elif isinstance(error, str):
             message = error
+        elif isinstance(body.get("message"), str):
+            message = body["message"]
+        elif body.get("detail") is not None:
+            detail = body["detail"]
+            message = detail if isinstance(detail, str) else json.dumps(detail)[:1000]
     except (ValueError, AttributeError):
         text = response_body.decode("utf-8", "replace").strip()
         if text:
             message = text[:1000]
-    return OpenAIError(message, status=status, type=type_ or "invalid_request_error", param=param, code=code)
+    return OpenAIError(message, status=status, type="invalid_request_error", param=param, code=code)
 
 
 class Gateway:

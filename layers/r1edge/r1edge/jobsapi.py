@@ -18,8 +18,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from r1edge import web
-from r1edge.jobs import JobsDisabled, JobService, JobSettings
+from r1edge import auth, web
+from r1edge.errors import ModelNotFound
+from r1edge.jobs import JobsDisabled, JobService, JobSettings, parse_submission
 from r1edge.validation import parse_json_body
 
 
@@ -54,6 +55,16 @@ async def create_jobs(request: Request) -> Response:
     service = _service(request)
     limit = request.app.state.gateway.config.max_body_bytes
     body = parse_json_body(await web.read_body(request, limit))
+    config = request.app.state.gateway.config
+    requests, _ = parse_submission(body, service.settings.max_tokens)  # a 400 before any charge
+    served = config.served_models()
+    for i, chat in enumerate(requests):
+        if chat.get("model") not in served:  # as /v1/chat/completions answers: 404, not a failed job
+            raise ModelNotFound(
+                f"The model '{chat.get('model')}' does not exist. Use one of: {', '.join(served)}.",
+                param="model" if len(requests) == 1 and "requests" not in body else f"requests[{i}].model",
+            )
+    await auth.admit_jobs(request, requests, config.classifier)
     key = request.headers.get("idempotency-key")
     tenant = web.tenant(request)
     result = await anyio.to_thread.run_sync(lambda: service.submit(tenant, body, web.request_id(), key))
@@ -95,6 +106,8 @@ async def respond_async(request: Request, body: dict[str, Any]) -> Response | No
     if service is None or not prefers_async(request):
         return None
     job_body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    auth.keep_charge(request)  # the tokens admitted for the chat request now pay for its job
     tenant = web.tenant(request)
-    result = await anyio.to_thread.run_sync(lambda: service.submit(tenant, job_body, web.request_id()))
+    key = request.headers.get("idempotency-key")  # a client's retry finds the job its first try queued
+    result = await anyio.to_thread.run_sync(lambda: service.submit(tenant, job_body, web.request_id(), key))
     return accepted(request, result, {"Preference-Applied": "respond-async", "x-r1edge-route": "queue"})
