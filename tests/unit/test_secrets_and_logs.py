@@ -86,7 +86,10 @@ def logs(caplog):
             continue
         for handler in logger.handlers:
             if isinstance(handler, logging.StreamHandler):
-                swapped.append((handler, handler.setStream(buffer)))
+                # not setStream(), which flushes the old stream: a logger made under an earlier
+                # test's captured stdout may hold a stream pytest has closed since
+                swapped.append((handler, handler.stream))
+                handler.stream = buffer
     assert swapped, "no r1edge log handler found"
 
     def read() -> str:
@@ -94,7 +97,7 @@ def logs(caplog):
 
     yield read
     for handler, stream in swapped:
-        handler.setStream(stream)
+        handler.stream = stream
 
 
 def test_no_key_token_prompt_or_answer_in_logs_or_errors(logs, monkeypatch):
