@@ -66,7 +66,7 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 #: Content type of :meth:`Recorder.prometheus_text` (the classic text format, which every
 #: Prometheus version scrapes).
 PROMETHEUS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
-#: Cache lookup results accepted by :meth:`Recorder.cache_lookup` (issue 8's L1/L2 cache).
+#: Cache lookup results accepted by :meth:`Recorder.cache_lookup` (the response cache's ``x-cache``, lower case).
 CACHE_RESULTS = ("hit", "miss", "stale", "bypass", "error")
 
 
@@ -271,14 +271,15 @@ class Recorder:
             self.endpoint_load.labels(endpoint, tier).set(load)
 
     def cache_lookup(self, result: str) -> None:
-        """A response cache lookup (issue 8): ``result`` is one of :data:`CACHE_RESULTS`
+        """A response cache lookup: ``result`` is one of :data:`CACHE_RESULTS`
         (``hit``, ``miss``, ...). Call it once per lookup, in the router."""
         self.cache_lookups.labels(result).inc()
         self._emf("CacheLookups", MetricUnit.Count, 1, result=result)
 
     def job_outcome(self, status: str) -> None:
-        """A queued job (issue 7) finished: ``status`` is its final state (``succeeded``,
-        ``failed``, ``dead_lettered``, ...). Call it once per job, in the worker."""
+        """A queued job's attempt ended: ``status`` is ``succeeded``, ``failed`` (permanent),
+        ``dead_lettered`` (failed on its last receive), ``retried`` (left for redelivery) or
+        ``poison`` (not a job message), as :class:`r1edge.jobs.JobRunner` records them."""
         self.jobs.labels(status).inc()
         self._emf("JobOutcomes", MetricUnit.Count, 1, status=status)
 
