@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import boto3
 import pytest
+from jobstack import stack  # noqa: F401 - the job pipeline fixture, shared by the jobs tests
 from moto import mock_aws
 
 

@@ -89,6 +89,18 @@ class JobStack:
         return {k: next(iter(v.values())) for k, v in item.items()}
 
 
+@pytest.fixture
+def stack(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A :class:`JobStack` on moto, with no ``AWS_ENDPOINT_URL*`` pointing elsewhere."""
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+    with mock_aws():
+        yield JobStack(monkeypatch)
+
+
 def chat(content: str = "hello", **extra: Any) -> dict[str, Any]:
     return {"model": "deepseek-r1", "messages": [{"role": "user", "content": content}], **extra}
 

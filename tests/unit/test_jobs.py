@@ -9,20 +9,10 @@ import json
 import httpx
 import pytest
 from fakes import completion, json_reply
-from jobstack import JobStack, chat, tenant_app
-from moto import mock_aws
+from jobstack import chat, tenant_app
 from starlette.testclient import TestClient
 
 from r1edge.router import create_app
-
-
-@pytest.fixture
-def stack(monkeypatch):
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(var, raising=False)
-    with mock_aws():
-        yield JobStack(monkeypatch)
 
 
 @pytest.fixture

@@ -225,6 +225,29 @@ class ApiKeyMiddleware:
         return False
 
 
+async def _charge(request: Request, prompt: int, completion: int, classifier: Any) -> dict[str, Any] | None:
+    """Take ``prompt + completion`` estimated tokens from the request's key's token bucket and
+    note the charge for the middleware to settle; the request's state, or ``None`` without the
+    middleware.
+
+    Raises:
+        RateLimited: 429 type ``tokens`` with ``Retry-After``.
+    """
+    state = request.scope.get("state")
+    if state is None or "guard" not in state:
+        return None
+    guard: Guard | None = state["guard"]
+    key: ApiKey | None = state.get("api_key")
+    charged = 0
+    if guard is not None and key is not None:
+        limits = limits_of(key)
+        tokens = prompt + completion
+        state["ratelimit"] = await anyio.to_thread.run_sync(guard.limiter.acquire, key.key_id, limits, 0, tokens)
+        charged = min(tokens, limits.tokens_per_minute)
+    state.update(prompt_estimate=prompt, chars_per_token=classifier.chars_per_token, charged=charged)
+    return state
+
+
 async def admit_chat(request: Request, messages: list[dict[str, Any]], max_tokens: int, classifier: Any) -> None:
     """Called by the chat handler once a request is valid: take its estimated tokens (prompt
     estimate plus ``max_tokens``; ``classifier`` gives ``chars_per_token``) from its key's token
@@ -236,20 +259,9 @@ async def admit_chat(request: Request, messages: list[dict[str, Any]], max_token
     """
     from r1edge.classifier import estimate_prompt_tokens
 
-    state = request.scope.get("state")
-    if state is None or "guard" not in state:
-        return
-    prompt_estimate = estimate_prompt_tokens(messages, classifier.chars_per_token)
-    guard: Guard | None = state["guard"]
-    key: ApiKey | None = state.get("api_key")
-    charged = 0
-    if guard is not None and key is not None:
-        limits = limits_of(key)
-        tokens = prompt_estimate + max_tokens
-        state["ratelimit"] = await anyio.to_thread.run_sync(guard.limiter.acquire, key.key_id, limits, 0, tokens)
-        charged = min(tokens, limits.tokens_per_minute)
-    state.update(prompt_estimate=prompt_estimate, chars_per_token=classifier.chars_per_token, charged=charged)
-    if state.get("log_content"):
+    prompt = estimate_prompt_tokens(messages, classifier.chars_per_token)
+    state = await _charge(request, prompt, max_tokens, classifier)
+    if state is not None and state.get("log_content"):
         logger.info("chat request content", extra={"request_id": _request_id(), "messages": messages})
 
 
@@ -265,21 +277,11 @@ async def admit_jobs(request: Request, requests: list[dict[str, Any]], classifie
     """
     from r1edge.classifier import estimate_prompt_tokens
 
-    state = request.scope.get("state")
-    if state is None or "guard" not in state:
-        return
     prompt = sum(estimate_prompt_tokens(r.get("messages") or [], classifier.chars_per_token) for r in requests)
     completion = sum(int(r.get("max_completion_tokens") or r.get("max_tokens") or 0) for r in requests)
-    guard: Guard | None = state["guard"]
-    key: ApiKey | None = state.get("api_key")
-    charged = 0
-    if guard is not None and key is not None:
-        limits = limits_of(key)
-        tokens = prompt + completion
-        state["ratelimit"] = await anyio.to_thread.run_sync(guard.limiter.acquire, key.key_id, limits, 0, tokens)
-        charged = min(tokens, limits.tokens_per_minute)
-    state.update(prompt_estimate=prompt, chars_per_token=classifier.chars_per_token, charged=charged)
-    state["kept"] = Usage(prompt, completion)
+    state = await _charge(request, prompt, completion, classifier)
+    if state is not None:
+        state["kept"] = Usage(prompt, completion)
 
 
 def keep_charge(request: Request) -> None:
