@@ -425,7 +425,7 @@ def engine_problems(objects: list[Obj]) -> list[str]:
     from a Secret, the R1 reasoning parser, one pod per node, a PodDisruptionBudget, a Service
     behind an HTTPS Gateway route, a ServiceMonitor on /metrics, and autoscaling on the engine's
     waiting requests with KV-cache load held at or under 70 %."""
-    from r1edge.load import KV_USAGE, WAITING  # the signals the router itself reads
+    from r1edge.resilience.load import KV_USAGE, WAITING  # the signals the router itself reads
 
     found = engine_container(objects)
     if found is None:

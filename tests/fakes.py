@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from r1edge.config import RoutingConfig, parse_config
-from r1edge.upstream import Upstream
+from r1edge.routing.config import RoutingConfig, parse_config
+from r1edge.routing.upstream import Upstream
 
 
 class ChunkStream(httpx.AsyncByteStream):
@@ -159,7 +159,7 @@ class FakeClock:
 
 
 class MemoryKeyStore:
-    """In-memory :class:`r1edge.keys.KeyStore`."""
+    """In-memory :class:`r1edge.access.keys.KeyStore`."""
 
     def __init__(self) -> None:
         self.items: dict[str, Any] = {}
@@ -180,13 +180,13 @@ class MemoryKeyStore:
 
 
 class MemoryBucketStore:
-    """In-memory :class:`r1edge.ratelimit.BucketStore`: ``items[bucket_key][field] = tat``."""
+    """In-memory :class:`r1edge.access.ratelimit.BucketStore`: ``items[bucket_key][field] = tat``."""
 
     def __init__(self) -> None:
         self.items: dict[str, dict[str, float]] = {}
 
     def take(self, bucket_key: str, field: str, cost: float, now: float) -> tuple[bool, dict[str, float]]:
-        from r1edge.ratelimit import charge
+        from r1edge.access.ratelimit import charge
 
         item = self.items.setdefault(bucket_key, {})
         passed, tat = charge(item.get(field), cost, now)
@@ -204,7 +204,7 @@ class MemoryBucketStore:
 
 
 class MemoryUsageStore:
-    """In-memory :class:`r1edge.usage.UsageStore`: ``{(tenant, period): [requests, prompt, completion]}``."""
+    """In-memory :class:`r1edge.access.usage.UsageStore`: ``{(tenant, period): [requests, prompt, completion]}``."""
 
     def __init__(self) -> None:
         self.items: dict[tuple[str, str], list[int]] = {}
@@ -220,11 +220,11 @@ HMAC_SECRET = "test-hmac-secret"
 
 
 def memory_guard(clock: Callable[[], float] | None = None) -> Any:
-    """A :class:`r1edge.auth.Guard` on in-memory stores (``guard.authenticator.store`` etc.)."""
-    from r1edge.auth import Guard
-    from r1edge.keys import Authenticator
-    from r1edge.ratelimit import RateLimiter
-    from r1edge.usage import UsageRecorder
+    """A :class:`r1edge.access.middleware.Guard` on in-memory stores (``guard.authenticator.store`` etc.)."""
+    from r1edge.access.keys import Authenticator
+    from r1edge.access.middleware import Guard
+    from r1edge.access.ratelimit import RateLimiter
+    from r1edge.access.usage import UsageRecorder
 
     clock = clock or time.time
     return Guard(
@@ -236,7 +236,7 @@ def memory_guard(clock: Callable[[], float] | None = None) -> Any:
 
 def add_key(guard: Any, tenant: str = "acme", rpm: int = 600, tpm: int = 1_000_000, key: str | None = None) -> str:
     """Create a key in ``guard``'s store; return the key."""
-    from r1edge.keys import create_key
+    from r1edge.access.keys import create_key
 
     created, _ = create_key(guard.authenticator.store, HMAC_SECRET, tenant, rpm, tpm, key)
     return created

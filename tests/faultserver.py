@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from r1edge.web import ClosingStreamingResponse
+from r1edge.protocol.web import ClosingStreamingResponse
 
 
 @dataclass

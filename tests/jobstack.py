@@ -16,8 +16,9 @@ from run import JOBS_DLQ, create_local_aws_resources
 from samlocal import ROOT, load_module
 from worker import poll_once
 
-from r1edge.gateway import Gateway
-from r1edge.jobs import JobRunner, JobService, JobSettings
+from r1edge.jobs.service import JobRunner, JobService, JobSettings
+from r1edge.observe.metrics import Recorder
+from r1edge.routing.gateway import Gateway
 
 
 class SqsClock:
@@ -55,12 +56,14 @@ class JobStack:
         self.service = JobService(self.settings)
         self.upstream = FakeUpstream()
         self.fake_clock = FakeClock()
+        recorder = Recorder("worker")
         self.gateway = Gateway(
             config(endpoint("r1", "cluster"), retry={"max_attempts": 1}),
             self.upstream.upstream(),
+            recorder=recorder,
             **self.fake_clock.options(),
         )
-        self.runner = JobRunner(self.settings, self.gateway, rng=random.Random(7))
+        self.runner = JobRunner(self.settings, self.gateway, rng=random.Random(7), recorder=recorder)
         module = load_module(ROOT / "functions" / "worker" / "app.py", "worker_function_under_test")
         monkeypatch.setattr(module, "runner_from_env", lambda: self.runner)
         self.handler = module.lambda_handler

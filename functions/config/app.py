@@ -1,9 +1,9 @@
 """Config function: ``GET``/``HEAD /v1/configs/{name}`` from S3 with ETags, conditional requests
-and CDN caching (all logic in :mod:`r1edge.configapi`).
+and CDN caching (all logic in :mod:`r1edge.configfiles.api`).
 
 ``lambda_handler`` takes API Gateway HTTP API (payload 2.0) and REST API (1.0) events, Function
-URL events (Powertools resolvers), and CloudFront origin-request events (:mod:`r1edge.cloudfront`;
-Powertools has no resolver for them). Environment: see :mod:`r1edge.configapi`; the Lambda@Edge
+URL events (Powertools resolvers), and CloudFront origin-request events (:mod:`r1edge.configfiles.cloudfront`;
+Powertools has no resolver for them). Environment: see :mod:`r1edge.configfiles.api`; the Lambda@Edge
 variant (``edge_handler``) reads ``edge-settings.json`` bundled beside this file instead.
 """
 
@@ -24,11 +24,12 @@ from aws_lambda_powertools.event_handler import (
 )
 from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
 
-from r1edge import cloudfront, metrics
-from r1edge.apigw import event_body
-from r1edge.configapi import ROUTE_PREFIX, ConfigResponse, ConfigSettings, serve, store_from_settings
-from r1edge.configstore import ConfigStore
-from r1edge.errors import NotFound, OpenAIError
+from r1edge.configfiles import cloudfront
+from r1edge.configfiles.api import ROUTE_PREFIX, ConfigResponse, ConfigSettings, serve, store_from_settings
+from r1edge.configfiles.apigw import event_body
+from r1edge.configfiles.store import ConfigStore
+from r1edge.observe import metrics
+from r1edge.protocol.errors import NotFound, OpenAIError
 
 logger = Logger(service="r1edge-config")
 recorder = metrics.default("config")

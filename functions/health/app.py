@@ -1,6 +1,6 @@
 """Health function: on an EventBridge schedule (every minute), probe every endpoint of the
 routing config twice, 30 s apart, and write the results to the health table the router reads.
-All logic is in :mod:`r1edge.health`; environment: ``R1EDGE_CONFIG`` (the routers' routing
+All logic is in :mod:`r1edge.observe.health`; environment: ``R1EDGE_CONFIG`` (the routers' routing
 config) and ``R1EDGE_HEALTH_TABLE``.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from r1edge import health, metrics
+from r1edge.observe import health, metrics
 
 logger = Logger(service="r1edge-health")
 recorder = metrics.default("health")

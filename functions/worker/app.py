@@ -1,10 +1,10 @@
 """Worker function: runs queued jobs (SQS event source, ``ReportBatchItemFailures``).
 
 Powertools' ``AsyncBatchProcessor`` runs the records of a batch concurrently through
-:func:`r1edge.worker.handle_record` (all logic in :mod:`r1edge.jobs`) and answers
+:func:`r1edge.apps.worker.handle_record` (all logic in :mod:`r1edge.jobs.service`) and answers
 ``{"batchItemFailures": [...]}``: a record whose job must run again (or whose message is not a
 job) is listed, so SQS keeps that message and deletes the others. Environment: ``R1EDGE_CONFIG``
-and the ``JOBS_*`` variables (:data:`r1edge.jobs.ENV`).
+and the ``JOBS_*`` variables (:data:`r1edge.jobs.service.ENV`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import AsyncBatchProcessor, EventType, async_process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from r1edge.worker import handle_record, report_queue_depth, runner_from_env
+from r1edge.apps.worker import handle_record, report_queue_depth, runner_from_env
 
 logger = Logger(service="r1edge-worker")
 # A batch whose every record failed is still a normal answer listing them all (not an error).

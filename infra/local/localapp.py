@@ -1,6 +1,6 @@
 """The router as ``make run`` serves it: the router app, plus ``/v1/configs/*`` answered by the
 config function's own ``lambda_handler`` (functions/config/app.py), called with API Gateway HTTP
-API events built from each request (:mod:`r1edge.apigw`), the way API Gateway would call it.
+API events built from each request (:mod:`r1edge.configfiles.apigw`), the way API Gateway would call it.
 
 The configs route is there when ``CONFIG_BUCKET`` is set (``make run`` points it at the moto
 server it starts, through ``AWS_ENDPOINT_URL_S3``).
@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from r1edge.apigw import http_api_event, http_response
-from r1edge.router import create_app
+from r1edge.apps.router import create_app
+from r1edge.configfiles.apigw import http_api_event, http_response
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]

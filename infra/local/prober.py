@@ -1,7 +1,7 @@
 """The health function's prober as a local process: every ``--interval`` seconds, probe every
 endpoint of ``R1EDGE_CONFIG`` into the DynamoDB table ``R1EDGE_HEALTH_TABLE`` (``make run``
 points both at its own config and moto server), exactly as the scheduled health function does in
-AWS (:mod:`r1edge.health`). Runs until it is terminated.
+AWS (:mod:`r1edge.observe.health`). Runs until it is terminated.
 
     python infra/local/prober.py [--interval 30]
 """
@@ -16,12 +16,12 @@ import time
 
 from aws_lambda_powertools import Logger
 
-from r1edge import metrics
-from r1edge.health import TABLE_ENV, DynamoHealthStore, Prober
-from r1edge.router import config_from_env
-from r1edge.upstream import Upstream
+from r1edge.observe import metrics
+from r1edge.observe.health import TABLE_ENV, DynamoHealthStore, Prober
+from r1edge.routing.config import config_from_env
+from r1edge.routing.upstream import Upstream
 
-#: The parent of r1edge.health's child logger (Powertools child loggers write through it).
+#: The parent of r1edge.observe.health's child logger (Powertools child loggers write through it).
 logger = Logger(service="r1edge-health")
 
 

@@ -47,8 +47,8 @@ from pathlib import Path
 
 import httpx
 
-from r1edge.config import dump_config, parse_config
-from r1edge.model import resolve_model_path
+from r1edge.edge.model import resolve_model_path
+from r1edge.routing.config import dump_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -248,9 +248,9 @@ def setup_api_keys(endpoint: str, dev_key: str | None) -> tuple[dict[str, str], 
     one. Return the router's environment for them and the key."""
     import secrets
 
-    from r1edge.keys import KEYS_TABLE_SCHEMA, DynamoKeyStore, create_key
-    from r1edge.ratelimit import LIMITS_TABLE_SCHEMA
-    from r1edge.usage import USAGE_TABLE_SCHEMA
+    from r1edge.access.keys import KEYS_TABLE_SCHEMA, DynamoKeyStore, create_key
+    from r1edge.access.ratelimit import LIMITS_TABLE_SCHEMA
+    from r1edge.access.usage import USAGE_TABLE_SCHEMA
 
     session = moto_session()
     dynamodb = session.client("dynamodb", endpoint_url=endpoint)
@@ -335,7 +335,7 @@ def create_local_aws_resources(endpoint: str | None, visibility_timeout: int | N
 
 
 def generated_config(edge_port: int, cluster_port: int) -> str:
-    """The routing config for the full local stack (DESIGN.md format), as JSON text."""
+    """The routing config for the full local stack (docs/ARCHITECTURE.md format), as JSON text."""
     config = parse_config(
         {
             "endpoints": [

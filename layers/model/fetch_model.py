@@ -3,7 +3,7 @@
     python layers/model/fetch_model.py SOURCE DEST [--sha256 HEX]
 
 SOURCE is a local path, an ``http(s)://`` URL or ``s3://bucket/key``; DEST is a local path (in an
-image build, ``/opt/models/model.gguf``, where :mod:`r1edge.model` looks) or ``s3://bucket/key``
+image build, ``/opt/models/model.gguf``, where :mod:`r1edge.edge.model` looks) or ``s3://bucket/key``
 (then point the stack's ``ModelBucket``/``ModelKey``/``ModelSha256`` parameters at it, and the
 function downloads it into ``/tmp`` once per container). Container-image functions cannot use
 Lambda layers, so these are the two ways a model reaches the edge function.
@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "r1edge"))  # the r1edge package
 
-from r1edge.model import ModelError, check_model_file, sha256_file
+from r1edge.edge.model import ModelError, check_model_file, sha256_file
 
 CHUNK_BYTES = 1 << 20
 

@@ -28,12 +28,12 @@ sys.path[:0] = [str(ROOT / "layers" / "r1edge")]
 
 from starlette.testclient import TestClient  # noqa: E402
 
-from r1edge.classifier import classify  # noqa: E402
-from r1edge.config import Classifier  # noqa: E402
-from r1edge.edge import create_app  # noqa: E402
-from r1edge.model import resolve_model_path  # noqa: E402
-from r1edge.runtime import LlamaRuntime  # noqa: E402
-from r1edge.validation import validate_chat_request  # noqa: E402
+from r1edge.edge.app import create_app  # noqa: E402
+from r1edge.edge.model import resolve_model_path  # noqa: E402
+from r1edge.edge.runtime import LlamaRuntime  # noqa: E402
+from r1edge.protocol.validation import validate_chat_request  # noqa: E402
+from r1edge.routing.classifier import classify  # noqa: E402
+from r1edge.routing.config import Classifier  # noqa: E402
 
 DEFAULT_QUESTIONS = ROOT.parent / "shared" / "data" / "mt_bench" / "question.jsonl"
 QUICK = os.environ.get("QUICK", "") not in ("", "0")  # QUICK=1 make bench: a smaller run

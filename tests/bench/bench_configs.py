@@ -5,7 +5,7 @@ revalidate.
 
 S3 is moto (in process). Warm hits: the config function's ``lambda_handler`` (Powertools HTTP API
 resolver, functions/config/app.py) with API Gateway payload-2.0 events for a file already in the
-container's memory copy, and :func:`r1edge.configapi.serve` alone, to show the resolver's share.
+container's memory copy, and :func:`r1edge.configfiles.api.serve` alone, to show the resolver's share.
 Revalidation: ``--clients`` clients (a CDN's edge caches, say) each keep the last ETag they got
 and revalidate ``--rounds`` times with ``If-None-Match``; the file changes ``--updates`` times
 during the run and the container's copy is revalidated with S3 on every request (max age 0), so
@@ -33,8 +33,8 @@ import boto3  # noqa: E402
 from moto import mock_aws  # noqa: E402
 from samlocal import load_module  # noqa: E402
 
-from r1edge.apigw import http_api_event  # noqa: E402
-from r1edge.configapi import ConfigSettings, serve, store_from_settings  # noqa: E402
+from r1edge.configfiles.api import ConfigSettings, serve, store_from_settings  # noqa: E402
+from r1edge.configfiles.apigw import http_api_event  # noqa: E402
 
 QUICK = os.environ.get("QUICK", "") not in ("", "0")  # QUICK=1 make bench: a smaller run
 CONTEXT = SimpleNamespace(

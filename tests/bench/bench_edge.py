@@ -45,7 +45,7 @@ sys.path[:0] = [str(ROOT / "layers" / "r1edge"), str(ROOT / "infra" / "local")]
 
 from run import free_port, uvicorn_argv  # noqa: E402
 
-from r1edge.model import resolve_model_path  # noqa: E402
+from r1edge.edge.model import resolve_model_path  # noqa: E402
 
 DEFAULT_QUESTIONS = ROOT.parent / "shared" / "data" / "mt_bench" / "question.jsonl"
 QUICK = os.environ.get("QUICK", "") not in ("", "0")  # QUICK=1 make bench: a smaller run
@@ -177,7 +177,7 @@ def cold_edge_from_s3(model: Path) -> float:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from r1edge.model import DEFAULT_MODEL_SHA256
+    from r1edge.edge.model import DEFAULT_MODEL_SHA256
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)

@@ -3,10 +3,10 @@ the router.
 
     python tests/bench/bench_metrics.py [--requests 2000]
 
-In process, no sockets: the router app (``r1edge.router.create_app``) over a scripted upstream
+In process, no sockets: the router app (``r1edge.apps.router.create_app``) over a scripted upstream
 (``httpx.MockTransport``) driven through its ASGI interface, JSON answers, one request at a time:
 
-- ``no metrics``: the app with :class:`~r1edge.metrics.MetricsMiddleware` taken out and a
+- ``no metrics``: the app with :class:`~r1edge.observe.metrics.MetricsMiddleware` taken out and a
   recorder whose events go nowhere (the router before this change, as closely as it can be run);
 - ``metrics``: as shipped — Prometheus counters and histograms, the EMF buffer, one EMF flush per
   request written to a null stdout (in Lambda, stdout goes to CloudWatch Logs);
@@ -41,9 +41,9 @@ import httpx  # noqa: E402
 from fakes import FakeUpstream, completion, config, endpoint, json_reply  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
-from r1edge import metrics  # noqa: E402
-from r1edge.health import DynamoHealthStore, HealthView, ProbeResult  # noqa: E402
-from r1edge.router import create_app  # noqa: E402
+from r1edge.apps.router import create_app  # noqa: E402
+from r1edge.observe import metrics  # noqa: E402
+from r1edge.observe.health import DynamoHealthStore, HealthView, ProbeResult  # noqa: E402
 
 QUICK = os.environ.get("QUICK", "") not in ("", "0")
 #: Rounds of every variant, alternating.

@@ -11,8 +11,8 @@ from fakes import FakeClock
 from faultserver import Fault, FaultServer
 from starlette.testclient import TestClient
 
-from r1edge.config import parse_config
-from r1edge.router import create_app
+from r1edge.apps.router import create_app
+from r1edge.routing.config import parse_config
 
 pytestmark = pytest.mark.integration
 

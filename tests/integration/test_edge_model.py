@@ -11,9 +11,9 @@ import anyio
 import pytest
 from starlette.testclient import TestClient
 
-from r1edge.edge import create_app
-from r1edge.model import resolve_model_path
-from r1edge.runtime import LlamaRuntime
+from r1edge.edge.app import create_app
+from r1edge.edge.model import resolve_model_path
+from r1edge.edge.runtime import LlamaRuntime
 
 pytestmark = pytest.mark.integration
 

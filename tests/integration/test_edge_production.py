@@ -11,10 +11,10 @@ import llama_cpp
 import pytest
 from starlette.testclient import TestClient
 
-from r1edge.edge import create_app
-from r1edge.errors import Overloaded
-from r1edge.model import ModelError, resolve_model_path
-from r1edge.runtime import GenerationStats, LlamaRuntime
+from r1edge.edge.app import create_app
+from r1edge.edge.model import ModelError, resolve_model_path
+from r1edge.edge.runtime import GenerationStats, LlamaRuntime
+from r1edge.protocol.errors import Overloaded
 
 pytestmark = pytest.mark.integration
 

@@ -138,7 +138,7 @@ def test_the_health_function_runs_as_sam_local_invoke_would_run_it(engine_url, h
 def timeout_fits(props: dict) -> bool:
     """Two rounds 30 s apart plus a round's worst case (probe, metrics and completion timeouts)
     fit in the function's timeout."""
-    from r1edge.config import Health
+    from r1edge.routing.config import Health
 
     h = Health()
     return props["Timeout"] >= h.interval + 2 * h.timeout + h.completion_timeout + 10

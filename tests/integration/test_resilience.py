@@ -17,8 +17,8 @@ from faultserver import Fault, FaultServer
 from run import free_port
 from starlette.testclient import TestClient
 
-from r1edge.config import parse_config
-from r1edge.router import create_app
+from r1edge.apps.router import create_app
+from r1edge.routing.config import parse_config
 
 pytestmark = pytest.mark.integration
 

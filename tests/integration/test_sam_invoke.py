@@ -27,7 +27,7 @@ from samlocal import (
 )
 from starlette.testclient import TestClient
 
-from r1edge.model import resolve_model_path
+from r1edge.edge.model import resolve_model_path
 
 pytestmark = pytest.mark.integration
 
@@ -85,9 +85,9 @@ def api_keys(monkeypatch):
     from aws_lambda_powertools.utilities import parameters
     from moto import mock_aws
 
-    from r1edge.keys import KEYS_TABLE_SCHEMA, DynamoKeyStore, create_key
-    from r1edge.ratelimit import LIMITS_TABLE_SCHEMA
-    from r1edge.usage import USAGE_TABLE_SCHEMA
+    from r1edge.access.keys import KEYS_TABLE_SCHEMA, DynamoKeyStore, create_key
+    from r1edge.access.ratelimit import LIMITS_TABLE_SCHEMA
+    from r1edge.access.usage import USAGE_TABLE_SCHEMA
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     parameters.clear_caches()

@@ -8,7 +8,7 @@ Ready means both of:
 1. ``GET /health`` is 200 (vLLM and SGLang: the server is up and its engine alive);
 2. ``GET /v1/models`` with ``Authorization: Bearer $R1_API_KEY`` is 200 and lists ``--model``
    (default ``$SERVED_MODEL_NAME``) — the same call as the router's own health probe
-   (``r1edge.upstream.Upstream.probe``), so a wrong key or a wrong ``--served-model-name``
+   (``r1edge.routing.upstream.Upstream.probe``), so a wrong key or a wrong ``--served-model-name``
    keeps the pod out of the Service instead of turning every routed request into a 401 or 404.
 
 The engines' ``/health`` alone says neither. Exit 0 when ready, 1 when not (one line on stderr

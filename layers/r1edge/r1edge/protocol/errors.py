@@ -1,0 +1,143 @@
+"""Errors in the OpenAI shape.
+
+Every error r1edge returns to a client is ``{"error": {"message", "type", "param", "code"}}`` with
+OpenAI's conventions for ``type`` and ``code`` (OpenAI API reference, "Error codes"; the table is
+in docs/ARCHITECTURE.md under Contracts). Each class below carries its HTTP status, so the one exception
+handler of each app maps any of them to a response without a lookup table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OpenAIError(Exception):
+    """Base class: an error that becomes an OpenAI-shaped JSON response.
+
+    Attributes:
+        status: HTTP status code of the response.
+        type: OpenAI error ``type`` (``invalid_request_error``, ``server_error``, ...).
+        code: OpenAI error ``code`` or ``None``.
+        param: the request field at fault (``"messages[0].role"``), or ``None``.
+        headers: extra response headers (e.g. ``Retry-After``).
+    """
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        type: str | None = None,  # noqa: A002 - OpenAI's field name
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        if type is not None:
+            self.type = type
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body: ``{"error": {"message", "type", "param", "code"}}``."""
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(
+    message: str,
+    type: str,  # noqa: A002 - OpenAI's field name
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
+    """Build an OpenAI error object ``{"error": {...}}`` from its four fields."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+class InvalidRequest(OpenAIError):
+    """400 ``invalid_request_error``: the request is malformed; ``param`` names the field."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    """400 ``context_length_exceeded``: prompt plus ``max_tokens`` do not fit the model's context."""
+
+    code = "context_length_exceeded"
+
+
+class NotFound(OpenAIError):
+    """404 ``invalid_request_error`` for an unknown URL path."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(OpenAIError):
+    """405 ``invalid_request_error``: the path exists but not for this HTTP method."""
+
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class ModelNotFound(OpenAIError):
+    """404 ``model_not_found``: the requested ``model`` is not served here."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class RequestTooLarge(OpenAIError):
+    """413 ``request_too_large``: the body is over the configured size limit (bytes)."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimited(OpenAIError):
+    """429 ``rate_limit_exceeded`` (type ``requests``): retry after ``Retry-After`` seconds."""
+
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamError(OpenAIError):
+    """502 ``upstream_error``: no upstream gave a usable answer."""
+
+    status = 502
+    type = "server_error"
+    code = "upstream_error"
+
+
+class Overloaded(OpenAIError):
+    """503 ``overloaded``: the service cannot take the request now; carries ``Retry-After``."""
+
+    status = 503
+    type = "server_error"
+    code = "overloaded"
+
+
+class UpstreamTimeout(OpenAIError):
+    """504 ``timeout``: the upstream did not answer within its timeout or the deadline."""
+
+    status = 504
+    type = "server_error"
+    code = "timeout"
+
+
+class ConfigError(ValueError):
+    """The routing configuration is invalid; the message names the bad field."""

@@ -1,0 +1,178 @@
+"""Starlette plumbing shared by the router and the edge apps.
+
+Errors: every exception becomes an OpenAI-shaped JSON response in one place (the exception
+handlers below), with ``x-request-id`` set. Request ids: ``asgi-correlation-id`` reads the
+client's ``x-request-id`` (or makes one) and puts it on every response; handlers read it from
+:func:`request_id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from uuid import uuid4
+
+from asgi_correlation_id import CorrelationIdMiddleware, correlation_id
+from aws_lambda_powertools import Logger
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from r1edge.protocol.errors import MethodNotAllowed, NotFound, OpenAIError, RequestTooLarge, error_body
+
+logger = Logger(service="r1edge", child=True)
+
+T = TypeVar("T")
+
+#: Status logged (never delivered) for a request whose client went away (nginx's convention).
+CLIENT_CLOSED_REQUEST = 499
+
+
+class ClientDisconnected(Exception):
+    """The client closed the connection before the answer was ready."""
+
+
+async def unless_disconnected(
+    request: Request,
+    work: Callable[[], Awaitable[T]],
+    on_disconnect: Callable[[], None] | None = None,
+    poll_seconds: float = 0.25,
+) -> T:
+    """Run ``work()`` and cancel it if the client disconnects first (checked every
+    ``poll_seconds``), so an abandoned request stops costing upstream or model time.
+
+    Args:
+        request: the Starlette request (its body already read).
+        work: the coroutine function doing the request's work.
+        on_disconnect: called first on disconnect (e.g. to stop a generation thread).
+
+    Raises:
+        ClientDisconnected: the client went away; ``work`` was cancelled.
+    """
+    task = asyncio.ensure_future(work())
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=poll_seconds)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            if on_disconnect is not None:
+                on_disconnect()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            raise ClientDisconnected
+
+
+#: Longest client-supplied request id we keep (characters); longer ones are cut.
+MAX_REQUEST_ID = 128
+
+
+def request_id() -> str:
+    """The current request's id (the client's ``x-request-id``, or a new UUID hex)."""
+    return correlation_id.get() or uuid4().hex
+
+
+#: The tenant of requests that carry no API key (before authentication is configured).
+ANONYMOUS_TENANT = "anonymous"
+
+
+def tenant(request: Request) -> str:
+    """The tenant id the request acts for: ``request.state.tenant`` when authentication set it,
+    else :data:`ANONYMOUS_TENANT`. Everything tenant-scoped (cache entries, jobs, idempotency
+    keys, usage) is keyed by this value."""
+    return getattr(request.state, "tenant", None) or ANONYMOUS_TENANT
+
+
+def middleware() -> list[Middleware]:
+    """Middleware both apps use: request ids on every request and response."""
+    return [
+        Middleware(
+            CorrelationIdMiddleware,
+            header_name="x-request-id",
+            update_request_header=True,
+            generator=lambda: uuid4().hex,
+            validator=None,  # keep the client's id, whatever its format (docs/ARCHITECTURE.md, "Contracts")
+            transformer=lambda value: value[:MAX_REQUEST_ID],
+        )
+    ]
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A ``StreamingResponse`` that closes its body iterator however the response ends.
+
+    Under ASGI spec 2.4 servers (uvicorn), Starlette learns of a client disconnect from a failed
+    ``send`` and stops, leaving the async generator to the garbage collector; closing it here
+    runs its ``finally`` at once — which is what closes the upstream connection so the GPU stops
+    generating (docs/ARCHITECTURE.md, Contracts).
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
+
+
+def error_response(exc: OpenAIError) -> JSONResponse:
+    """An OpenAI-shaped JSON error response with the error's status and headers."""
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _openai_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OpenAIError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"Unknown request URL: {request.method} {request.url.path}."))
+    if exc.status_code == 405:
+        error = MethodNotAllowed(f"Method {request.method} is not allowed for {request.url.path}.")
+        error.headers.update(exc.headers or {})
+        return error_response(error)
+    return JSONResponse(
+        error_body(str(exc.detail), "invalid_request_error"), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error", extra={"request_id": request_id(), "path": request.url.path})
+    return JSONResponse(
+        error_body("The server had an error while processing your request.", "server_error", None, "internal_error"),
+        status_code=500,
+        headers={"x-request-id": request_id()},
+    )
+
+
+#: Exception handlers for ``Starlette(exception_handlers=...)``.
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    OpenAIError: _openai_error,
+    HTTPException: _http_error,
+    Exception: _unexpected,
+}
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """Read the request body, refusing more than ``max_bytes`` bytes.
+
+    Raises:
+        RequestTooLarge: ``Content-Length`` or the bytes actually sent exceed ``max_bytes``.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise RequestTooLarge(f"Request body of {declared} bytes is over the limit of {max_bytes} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise RequestTooLarge(f"Request body is over the limit of {max_bytes} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
