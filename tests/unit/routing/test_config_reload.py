@@ -105,9 +105,11 @@ def test_the_router_reloads_from_s3_without_a_restart(monkeypatch):
 
 def test_unchanged_endpoints_keep_their_breaker_state_across_a_reload():
     from r1edge.routing.config import parse_config
+    from r1edge.observe.metrics import Recorder
     from r1edge.routing.gateway import Gateway
 
-    gateway = Gateway(parse_config(WITH_CLUSTER, environ={}), upstream=None)  # type: ignore[arg-type]
+    config = parse_config(WITH_CLUSTER, environ={})
+    gateway = Gateway(config, upstream=None, recorder=Recorder("router"))  # type: ignore[arg-type]
     edge_state = gateway.pool["edge-a"]
     edge_state.breaker.record_failure(0.0)
     changed = json.loads(json.dumps(WITH_CLUSTER))
