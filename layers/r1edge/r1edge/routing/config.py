@@ -168,7 +168,7 @@ class Latency(_Strict):
 
 class Cascade(_Strict):
     """Confidence-based escalation of ``model: auto`` requests from the edge to the cluster
-    (see :mod:`r1edge.routing.gateway`).
+    (see :mod:`r1edge.routing.cascade`).
 
     Attributes:
         threshold: edge answers whose confidence (geometric mean token probability, 0 to 1)
