@@ -23,8 +23,8 @@
   ``Protocol`` classes.
 
 Within the package, imports run one way (import-linter's acyclic_siblings): gateway → decide,
-cascade, signals; cascade → answer → streaming → attempts → routed, upstream_errors; everything →
-config, classifier, ports, upstream.
+cascade, signals; cascade → answer → streaming → attempts → routed, upstream_errors; below them
+all: config, classifier, ports, upstream.
 
 Entry point: :meth:`Gateway.complete <r1edge.routing.gateway.Gateway.complete>`. Imports
 :mod:`r1edge.resilience`, :mod:`r1edge.aws` and :mod:`r1edge.protocol`; never metrics or the
