@@ -8,11 +8,19 @@ import random
 
 import pytest
 from fakes import config, endpoint
+from pydantic import ValidationError
 
 from r1edge.resilience.balancer import Pool
 from r1edge.resilience.breaker import BreakerSettings, CircuitBreaker, State
 from r1edge.resilience.load import parse_engine_load
-from r1edge.resilience.retry import Outcome, backoff_delay, classify_status, parse_retry_after, wait_before_retry
+from r1edge.resilience.retry import (
+    MAX_WAIT,
+    Outcome,
+    backoff_delay,
+    classify_status,
+    parse_retry_after,
+    wait_before_retry,
+)
 
 NOW = 1_800_000_000.0
 
@@ -50,6 +58,26 @@ def test_retry_after_forms():
         assert parse_retry_after({"retry-after": junk}, NOW) is None
     assert parse_retry_after({"retry-after-ms": "nan", "retry-after": "3"}, NOW) == 3.0
     assert parse_retry_after({}, NOW) is None
+
+
+def test_retry_after_names_match_in_any_case_and_every_form_is_capped():
+    # An OpenAIError's headers are a plain dict with the name as sent: "Retry-After".
+    assert parse_retry_after({"Retry-After": "5"}, NOW) == 5.0
+    assert parse_retry_after({"Retry-After-Ms": "1500"}, NOW) == 1.5
+    assert parse_retry_after({"retry-after": "9" * 20}, NOW) == MAX_WAIT
+    assert parse_retry_after({"retry-after-ms": "1e12"}, NOW) == MAX_WAIT
+    far = email.utils.formatdate(NOW + 10 * MAX_WAIT, usegmt=True)
+    assert parse_retry_after({"retry-after": far}, NOW) == MAX_WAIT
+
+
+def test_breaker_settings_are_validated_and_frozen():
+    with pytest.raises(ValidationError):
+        BreakerSettings(failure_threshold=0)
+    with pytest.raises(ValidationError):
+        BreakerSettings(cooldwon=5)
+    settings = BreakerSettings()
+    with pytest.raises(ValidationError):
+        settings.cooldown = 1
 
 
 def test_full_jitter_backoff_is_capped_and_retry_after_is_a_floor():

@@ -91,7 +91,7 @@ class Pool:
 
     Args:
         endpoints: the routing config's endpoints.
-        breaker: breaker thresholds for every endpoint.
+        breaker: breaker thresholds for every endpoint (frozen, so shared by their breakers).
         latency_threshold: seconds of TTFB estimate above which traffic may move (0.5).
         hysteresis: fraction of the threshold the preferred endpoint must fall under before
             traffic moves back (0.8).
@@ -110,10 +110,7 @@ class Pool:
 
     def __post_init__(self) -> None:
         self.states = {
-            e.name: EndpointState(
-                e, CircuitBreaker(BreakerSettings(**vars(self.breaker))), load_target=self.load_target
-            )
-            for e in self.endpoints
+            e.name: EndpointState(e, CircuitBreaker(self.breaker), load_target=self.load_target) for e in self.endpoints
         }
         for name, state in self.states.items():
             self.watch(name, state)

@@ -6,6 +6,9 @@ ratio over the last ``window`` seconds reaches ``error_ratio`` with at least ``m
 Open: calls are refused until ``cooldown`` seconds have passed. Half-open: one probe is let
 through; its success closes the breaker, its failure opens it again for another cooldown. (The
 pattern as in Nygard, "Release It!", and resilience4j's count/time-based windows.)
+
+:class:`BreakerSettings` is also the routing config's ``breaker`` section
+(:class:`r1edge.routing.config.RoutingConfig`), validated by pydantic like the rest of it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ConfigDict, Field
+
 
 class State(enum.Enum):
     CLOSED = "closed"
@@ -22,15 +27,30 @@ class State(enum.Enum):
     HALF_OPEN = "half_open"
 
 
-@dataclass
-class BreakerSettings:
-    """Thresholds: counts, a ratio in [0, 1], and seconds."""
+class BreakerSettings(BaseModel):
+    """Breaker thresholds, one set for every endpoint (the routing config's ``breaker``).
 
-    failure_threshold: int = 5
-    error_ratio: float = 0.5
-    min_calls: int = 20
-    window: float = 60.0
-    cooldown: float = 30.0
+    Frozen, so one instance is shared by all breakers; unknown fields are refused, so a typo is
+    an error that names the field.
+
+    Attributes:
+        failure_threshold: consecutive failures that open the breaker (count, >= 1; default 5).
+        error_ratio: failed share of the calls in ``window`` that opens it (in (0, 1]; 0.5).
+        min_calls: calls in ``window`` before ``error_ratio`` applies (count, >= 1; 20).
+        window: seconds of calls the ratio looks back over (> 0; 60).
+        cooldown: seconds an open breaker refuses calls before a probe (>= 0; 30).
+
+    Raises:
+        pydantic.ValidationError: a value out of range, or an unknown field.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    failure_threshold: int = Field(5, ge=1)
+    error_ratio: float = Field(0.5, gt=0, le=1)
+    min_calls: int = Field(20, ge=1)
+    window: float = Field(60.0, gt=0)
+    cooldown: float = Field(30.0, ge=0)
 
 
 @dataclass

@@ -47,17 +47,29 @@ def classify_status(status: int) -> Outcome:
     return Outcome.RETRY
 
 
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """The value of header ``name`` (lower case), matched without regard to case (RFC 9110,
+    section 5.1) in a plain ``dict`` as well as in a case-insensitive mapping."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    return next((v for k, v in headers.items() if k.lower() == name), None)
+
+
 def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
     """Seconds the upstream asked us to wait, or ``None`` when it did not say (or said nonsense).
 
     ``retry-after-ms`` (milliseconds, as OpenAI and vLLM send it) wins over ``Retry-After``,
-    which is either delay-seconds or an HTTP-date (RFC 9110, section 10.2.3).
+    which is either delay-seconds (``1*DIGIT``) or an HTTP-date (RFC 9110, section 10.2.3); a
+    date in the past is 0. Every answer is capped at :data:`MAX_WAIT`. Junk (negative, fractional
+    or non-finite seconds, an unparsable date, a date without a time zone) is ``None``.
 
     Args:
-        headers: response headers (case-insensitive mapping, e.g. ``httpx.Headers``).
+        headers: response headers, names matched in any case (``httpx.Headers``, or the plain
+            ``dict`` of an :class:`~r1edge.protocol.errors.OpenAIError`).
         now: current wall-clock time, seconds since the epoch (for HTTP-dates).
     """
-    ms = headers.get("retry-after-ms")
+    ms = _header(headers, "retry-after-ms")
     if ms is not None:
         try:
             value = float(ms)
@@ -65,7 +77,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
             value = math.nan
         if math.isfinite(value) and value >= 0:
             return min(value / 1000.0, MAX_WAIT)
-    raw = headers.get("retry-after")
+    raw = _header(headers, "retry-after")
     if raw is None:
         return None
     raw = raw.strip()
@@ -77,7 +89,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
         return None
     if when is None or when.tzinfo is None:
         return None
-    return max(0.0, when.timestamp() - now)
+    return min(max(0.0, when.timestamp() - now), MAX_WAIT)
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:

@@ -17,11 +17,19 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from r1edge.aws.clients import make_client
 from r1edge.protocol.errors import ConfigError, InvalidRequest
 from r1edge.protocol.validation import ChatRequest, message_text
+from r1edge.resilience.breaker import BreakerSettings
 
-#: Public model names a client may ask for, and the tier each one forces.
-MODEL_TIERS: dict[str, str | None] = {"auto": None, "edge": "edge", "deepseek-r1": "cluster"}
+#: The public model name that lets the classifier choose the tier.
+AUTO_MODEL = "auto"
+#: Public model names a client may ask for, and the tier each one forces (``None``: the
+#: classifier chooses). The one map of model names to tiers in the router.
+MODEL_TIERS: dict[str, str | None] = {AUTO_MODEL: None, "edge": "edge", "deepseek-r1": "cluster"}
+#: Each tier's public model name (the inverse of :data:`MODEL_TIERS`): ``edge`` → ``edge``,
+#: ``cluster`` → ``deepseek-r1``.
+TIER_MODELS: dict[str, str] = {tier: name for name, tier in MODEL_TIERS.items() if tier is not None}
 TIERS = ("edge", "cluster")
 
 
@@ -72,7 +80,7 @@ class Endpoint(_Strict):
         weight: relative share among endpoints of equal priority (default 1).
         region: free-form label (e.g. ``us-east-1``).
         model: model name sent upstream; when absent, the public name of the tier
-            (``edge`` or ``deepseek-r1``) is sent.
+            (:data:`TIER_MODELS`: ``edge`` or ``deepseek-r1``) is sent.
         auth: see :class:`Auth`.
         timeouts: see :class:`Timeouts`.
         max_concurrency: requests in flight to this endpoint from one router process beyond
@@ -111,9 +119,7 @@ class Endpoint(_Strict):
     @property
     def upstream_model(self) -> str:
         """The ``model`` value sent to this endpoint."""
-        if self.model:
-            return self.model
-        return "edge" if self.tier == "edge" else "deepseek-r1"
+        return self.model or TIER_MODELS[self.tier]
 
 
 class Retry(_Strict):
@@ -122,16 +128,6 @@ class Retry(_Strict):
     max_attempts: int = Field(4, ge=1)
     backoff_base: float = Field(0.25, ge=0)
     backoff_cap: float = Field(8.0, ge=0)
-
-
-class Breaker(_Strict):
-    """Circuit breaker thresholds (see :mod:`r1edge.resilience.breaker`): counts, a ratio, seconds."""
-
-    failure_threshold: int = Field(5, ge=1)
-    error_ratio: float = Field(0.5, gt=0, le=1)
-    min_calls: int = Field(20, ge=1)
-    window: float = Field(60.0, gt=0)
-    cooldown: float = Field(30.0, ge=0)
 
 
 class Load(_Strict):
@@ -172,7 +168,7 @@ class Latency(_Strict):
 
 class Cascade(_Strict):
     """Confidence-based escalation of ``model: auto`` requests from the edge to the cluster
-    (see :mod:`r1edge.routing.gateway`).
+    (see :mod:`r1edge.routing.cascade`).
 
     Attributes:
         threshold: edge answers whose confidence (geometric mean token probability, 0 to 1)
@@ -313,7 +309,8 @@ class RoutingConfig(_Strict):
         endpoints: at least one :class:`Endpoint`; names are unique.
         deadline: seconds one request may take end to end, locally (default 300).
         retry: :class:`Retry` settings.
-        breaker: :class:`Breaker` settings.
+        breaker: :class:`~r1edge.resilience.breaker.BreakerSettings` (the breakers' own settings
+            class, used here as it is).
         latency: :class:`Latency` settings.
         load: :class:`Load` settings.
         health: :class:`Health` settings (active health checks and how the router trusts them).
@@ -337,7 +334,7 @@ class RoutingConfig(_Strict):
     endpoints: list[Endpoint] = Field(min_length=1)
     deadline: float = Field(300.0, gt=0)
     retry: Retry = Retry()
-    breaker: Breaker = Breaker()
+    breaker: BreakerSettings = BreakerSettings()
     latency: Latency = Latency()
     load: Load = Load()
     health: Health = Health()
@@ -444,8 +441,9 @@ def load_config(source: str, environ: dict[str, str] | None = None) -> RoutingCo
     JSON document (a value starting with ``{``, as ``template.yaml`` passes it in an environment
     variable).
 
-    YAML and JSON are both accepted (JSON is YAML). S3 objects are read with boto3, which takes
-    ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` from the environment (moto locally).
+    YAML and JSON are both accepted (JSON is YAML). S3 objects are read with a client from
+    :func:`r1edge.aws.clients.make_client`, which takes ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``
+    from the environment (moto locally).
 
     Raises:
         ConfigError: the source cannot be read, is not YAML/JSON, or fails validation.
@@ -468,14 +466,13 @@ def load_config(source: str, environ: dict[str, str] | None = None) -> RoutingCo
 
 
 def _read_s3(uri: str) -> str:
-    import boto3  # imported lazily: only S3-backed configs need it
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError  # lazy: only S3-backed configs need it
 
     parsed = urlparse(uri)
     if not parsed.netloc or not parsed.path.lstrip("/"):
         raise ConfigError(f"routing config URI must look like s3://bucket/key, got {uri!r}")
     try:
-        obj = boto3.client("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+        obj = make_client("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
         return obj["Body"].read().decode("utf-8")
     except (BotoCoreError, ClientError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read routing config {uri!r}: {exc}") from None

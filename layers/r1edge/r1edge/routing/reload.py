@@ -18,6 +18,7 @@ import yaml
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parameters import BaseProvider
 
+from r1edge.aws.clients import LazyClient
 from r1edge.protocol.errors import ConfigError
 from r1edge.routing.config import RoutingConfig, parse_config
 
@@ -28,20 +29,17 @@ class S3Provider(BaseProvider):
     """Powertools Parameters provider for S3 objects; a parameter name is ``bucket/key``.
 
     Args:
-        client: a boto3 S3 client (default: created on first use; endpoint from the
-            environment, so a local moto server works the same).
+        client: a boto3 S3 client (default: created on first use by a
+            :class:`~r1edge.aws.clients.LazyClient`; endpoint from the environment, so a local
+            moto server works the same).
     """
 
     def __init__(self, client: Any = None) -> None:
         super().__init__()
-        self._s3 = client
+        self._s3 = LazyClient("s3", client=client)
 
     def _client(self) -> Any:
-        if self._s3 is None:
-            import boto3
-
-            self._s3 = boto3.client("s3")
-        return self._s3
+        return self._s3.get()
 
     def _get(self, name: str, **sdk_options: Any) -> str:
         bucket, _, key = name.partition("/")
