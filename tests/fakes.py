@@ -220,9 +220,9 @@ HMAC_SECRET = "test-hmac-secret"
 
 
 def memory_guard(clock: Callable[[], float] | None = None) -> Any:
-    """A :class:`r1edge.access.middleware.Guard` on in-memory stores (``guard.authenticator.store`` etc.)."""
+    """A :class:`r1edge.access.guard.Guard` on in-memory stores (``guard.authenticator.store`` etc.)."""
+    from r1edge.access.guard import Guard
     from r1edge.access.keys import Authenticator
-    from r1edge.access.middleware import Guard
     from r1edge.access.ratelimit import RateLimiter
     from r1edge.access.usage import UsageRecorder
 

@@ -262,7 +262,7 @@ def setup_api_keys(endpoint: str, dev_key: str | None) -> tuple[dict[str, str], 
         dynamodb.create_table(TableName=name, **schema)
     hmac_secret = secrets.token_urlsafe(48)
     session.client("secretsmanager", endpoint_url=endpoint).create_secret(Name=KEYS_SECRET, SecretString=hmac_secret)
-    store = DynamoKeyStore(KEYS_TABLE, session.resource("dynamodb", endpoint_url=endpoint))
+    store = DynamoKeyStore(KEYS_TABLE, dynamodb)
     key, _ = create_key(store, hmac_secret, DEV_TENANT, DEV_RPM, DEV_TPM, key=dev_key or None)
     env = {
         "AWS_ENDPOINT_URL_DYNAMODB": endpoint,

@@ -124,7 +124,7 @@ def table(monkeypatch):
 
 def test_limits_hold_across_containers_sharing_the_table(table):
     clock = Clock()
-    containers = [RateLimiter(DynamoBucketStore(table, boto3.resource("dynamodb")), clock=clock) for _ in range(3)]
+    containers = [RateLimiter(DynamoBucketStore(table, boto3.client("dynamodb")), clock=clock) for _ in range(3)]
     admitted = 0
     for i in range(30):
         try:
@@ -143,7 +143,7 @@ def test_limits_hold_across_containers_sharing_the_table(table):
 def test_dynamodb_and_memory_stores_agree(table):
     """The same sequence of charges, settles and clock steps gives the same answers on both."""
     results = []
-    for store in (MemoryBucketStore(), DynamoBucketStore(table, boto3.resource("dynamodb"))):
+    for store in (MemoryBucketStore(), DynamoBucketStore(table, boto3.client("dynamodb"))):
         clock = Clock()
         limiter = RateLimiter(store, clock=clock)
         outcome = []
@@ -165,7 +165,7 @@ class RivalStore(DynamoBucketStore):
     """Makes another container's charge land between this one's two conditional forms, once."""
 
     def __init__(self, table: str, rival: RateLimiter) -> None:
-        super().__init__(table, boto3.resource("dynamodb"))
+        super().__init__(table, boto3.client("dynamodb"))
         self.rival = rival
         self.calls: list[str] = []
         real = self.table.update_item
@@ -182,7 +182,7 @@ class RivalStore(DynamoBucketStore):
 
 def test_a_bucket_changed_between_the_two_forms_is_charged_on_fresh_state(table):
     clock = Clock()
-    rival = RateLimiter(DynamoBucketStore(table, boto3.resource("dynamodb")), clock=clock)
+    rival = RateLimiter(DynamoBucketStore(table, boto3.client("dynamodb")), clock=clock)
     store = RivalStore(table, rival)
     mine = RateLimiter(store, clock=clock)
     mine.acquire("key_c", Limits(2, 100), requests=1)
@@ -202,7 +202,7 @@ def test_endless_contention_is_a_503_not_a_free_pass(table):
                 def update_item(self, **kwargs):
                     raise ClientError(error, "UpdateItem")
 
-            self._handle.table = Table()
+            self.table = Table()
             return super().take(bucket_key, field, cost, now)
 
     with pytest.raises(Overloaded) as err:
@@ -212,7 +212,7 @@ def test_endless_contention_is_a_503_not_a_free_pass(table):
 
 def test_dynamodb_items_hold_tat_and_a_ttl(table):
     clock = Clock()
-    store = DynamoBucketStore(table, boto3.resource("dynamodb"))
+    store = DynamoBucketStore(table, boto3.client("dynamodb"))
     limiter = RateLimiter(store, clock=clock)
     limiter.acquire("key_d", LIMITS, tokens=100)
     assert store.load("key_d") == {FIELDS["tokens"]: pytest.approx(clock.now + 1.0)}  # 100 tokens at 100/s
@@ -227,7 +227,7 @@ def test_dynamodb_items_hold_tat_and_a_ttl(table):
 def test_the_default_table_shares_one_client_across_threads(table):
     import threading
 
-    store = DynamoBucketStore(table)  # no resource given: the adapter on one low-level client
+    store = DynamoBucketStore(table)  # no client given: the adapter on one low-level client
     limiter = RateLimiter(store, clock=Clock())
     clients = []
 

@@ -28,8 +28,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from r1edge.access.guard import Guard
 from r1edge.access.keys import DynamoKeyStore, create_key, hash_key
-from r1edge.access.middleware import Guard
 from r1edge.access.ratelimit import Limits
 from r1edge.apps.router import create_app
 from r1edge.protocol import web

@@ -12,9 +12,12 @@ import pytest
 from fakes import FakeClock, FakeUpstream, chunk, completion, config, endpoint, json_reply, sse, sse_reply
 
 from r1edge.apps.router import create_app
-from r1edge.cache.response import DiskStore, Policy, ResponseCache, sse_events
+from r1edge.cache.key import Policy
+from r1edge.cache.response import ResponseCache
+from r1edge.cache.stores import DiskStore
 from r1edge.observe.metrics import Recorder
 from r1edge.protocol.errors import UpstreamTimeout
+from r1edge.protocol.sse import parse_events as sse_events
 from r1edge.protocol.validation import validate_chat_request
 from r1edge.routing.config import Cache
 from r1edge.routing.gateway import Gateway

@@ -11,16 +11,9 @@ from fakes import chunk
 from hypothesis import given
 from hypothesis import strategies as st
 
-from r1edge.cache.response import (
-    StreamAssembler,
-    cache_control,
-    cache_key,
-    cache_policy,
-    canonical_json,
-    complete_answer,
-    replay_sse,
-    sse_events,
-)
+from r1edge.cache.key import cache_control, cache_key, cache_policy, canonical_json, complete_answer
+from r1edge.cache.replay import StreamAssembler, replay_sse
+from r1edge.protocol.sse import parse_events as sse_events
 from r1edge.protocol.validation import validate_chat_request
 from r1edge.routing.config import Cache
 

@@ -13,7 +13,8 @@ from moto import mock_aws
 from run import create_cache_table  # infra/local/run.py
 from samlocal import Resolver, function_environment, load_template
 
-from r1edge.cache.response import DiskStore, Entry, ResponseCache
+from r1edge.cache.response import ResponseCache
+from r1edge.cache.stores import DiskStore, Entry
 from r1edge.routing.config import Cache
 
 TEMPLATE = load_template()

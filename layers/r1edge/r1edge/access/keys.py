@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from r1edge.aws.ddb import TableHandle
+from r1edge.aws.ddb import Table
 from r1edge.protocol.errors import OpenAIError
 
 #: Environment variables naming the keys table and the HMAC secret (name or ARN).
@@ -156,17 +156,19 @@ class KeyStore(Protocol):
 class DynamoKeyStore:
     """:class:`KeyStore` on a DynamoDB table (:data:`KEYS_TABLE_SCHEMA`).
 
-    boto3 is created on first use and takes ``AWS_ENDPOINT_URL_DYNAMODB`` from the environment
-    (a moto server locally). Reads are strongly consistent, so a revocation holds at once.
+    The client is created on first use and takes ``AWS_ENDPOINT_URL_DYNAMODB`` from the
+    environment (a moto server locally). Reads are strongly consistent, so a revocation holds at
+    once.
+
+    Args:
+        table_name: the table name.
+        client: a DynamoDB low-level client or :class:`~r1edge.aws.clients.LazyClient` (tests
+            inject moto's); default: one made on first use (:class:`r1edge.aws.ddb.Table`).
     """
 
-    def __init__(self, table_name: str, resource: Any = None) -> None:
+    def __init__(self, table_name: str, client: Any = None) -> None:
         self.table_name = table_name
-        self._handle = TableHandle(table_name, resource)
-
-    @property
-    def table(self) -> Any:
-        return self._handle.table
+        self.table = Table(table_name, client)
 
     def get(self, key_hash: str) -> ApiKey | None:
         item = self.table.get_item(Key={"key_hash": key_hash}, ConsistentRead=True).get("Item")

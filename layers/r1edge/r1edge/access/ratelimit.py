@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
-from r1edge.aws.ddb import TableHandle
+from r1edge.aws.ddb import Table
 from r1edge.protocol.errors import Overloaded, RateLimited
 
 #: Environment variable naming the limits table.
@@ -172,16 +172,19 @@ def _floats(item: dict[str, Any] | None) -> dict[str, float]:
 
 class DynamoBucketStore:
     """:class:`BucketStore` on a DynamoDB table (:data:`LIMITS_TABLE_SCHEMA`, TTL attribute
-    ``expires``): each charge is one or two conditional ``UpdateItem`` calls, never a read."""
+    ``expires``): each charge is one or two conditional ``UpdateItem`` calls, never a read.
 
-    def __init__(self, table_name: str, resource: Any = None, max_tries: int = MAX_TRIES) -> None:
+    Args:
+        table_name: the table name.
+        client: a DynamoDB low-level client or :class:`~r1edge.aws.clients.LazyClient` (tests
+            inject moto's); default: one made on first use (:class:`r1edge.aws.ddb.Table`).
+        max_tries: attempts of a charge when other containers keep changing the bucket.
+    """
+
+    def __init__(self, table_name: str, client: Any = None, max_tries: int = MAX_TRIES) -> None:
         self.table_name = table_name
-        self._handle = TableHandle(table_name, resource)
+        self.table = Table(table_name, client)
         self.max_tries = max_tries
-
-    @property
-    def table(self) -> Any:
-        return self._handle.table
 
     def take(self, bucket_key: str, field: str, cost: float, now: float) -> tuple[bool, dict[str, float]]:
         from botocore.exceptions import ClientError

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from r1edge.aws.ddb import TableHandle
+from r1edge.aws.ddb import Table
 
 #: Environment variable naming the usage table.
 USAGE_TABLE_ENV = "R1EDGE_USAGE_TABLE"
@@ -61,15 +61,17 @@ class UsageStore(Protocol):
 
 
 class DynamoUsageStore:
-    """:class:`UsageStore` on a DynamoDB table (:data:`USAGE_TABLE_SCHEMA`)."""
+    """:class:`UsageStore` on a DynamoDB table (:data:`USAGE_TABLE_SCHEMA`).
 
-    def __init__(self, table_name: str, resource: Any = None) -> None:
+    Args:
+        table_name: the table name.
+        client: a DynamoDB low-level client or :class:`~r1edge.aws.clients.LazyClient` (tests
+            inject moto's); default: one made on first use (:class:`r1edge.aws.ddb.Table`).
+    """
+
+    def __init__(self, table_name: str, client: Any = None) -> None:
         self.table_name = table_name
-        self._handle = TableHandle(table_name, resource)
-
-    @property
-    def table(self) -> Any:
-        return self._handle.table
+        self.table = Table(table_name, client)
 
     def add(self, tenant: str, period: str, requests: int, prompt_tokens: int, completion_tokens: int) -> None:
         self.table.update_item(

@@ -23,7 +23,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from r1edge.access import middleware as auth
+from r1edge.access import charging
+from r1edge.access.guard import Guard, log_content_enabled
+from r1edge.access.middleware import ApiKeyMiddleware
 from r1edge.aws.lambda_context import in_lambda, request_deadline
 from r1edge.cache.response import ResponseCache
 from r1edge.jobs import api as jobsapi
@@ -52,7 +54,7 @@ def create_app(
     extra_routes: list[BaseRoute] | None = None,
     recorder: Recorder | None = None,
     health: HealthView | None = None,
-    guard: auth.Guard | None = None,
+    guard: Guard | None = None,
     cache: ResponseCache | None = None,
     jobs: JobService | None = None,
     **gateway_options: Any,
@@ -77,7 +79,7 @@ def create_app(
         health: the health table's view; default: the table named by ``R1EDGE_HEALTH_TABLE``,
             if set (:func:`r1edge.observe.health.view_from_env`).
         guard: API keys, per-key limits and usage records (:mod:`r1edge.access.middleware`); default:
-            :meth:`~r1edge.access.middleware.Guard.from_env`, which is ``None`` (no keys, tenant
+            :meth:`~r1edge.access.guard.Guard.from_env`, which is ``None`` (no keys, tenant
             ``anonymous``) unless ``R1EDGE_KEYS_TABLE`` is set.
         gateway_options: passed to :class:`~r1edge.routing.gateway.Gateway` (``clock``, ``sleep``,
             ``rng``; tests inject them so no wait is real).
@@ -129,7 +131,7 @@ def create_app(
         deadline = request_deadline(context, gateway.config.deadline, wall_clock())
         degrade = request.headers.get("x-r1edge-allow-degrade", "").strip().lower() in ("1", "true", "yes")
         classifier = gateway.config.classifier
-        await auth.admit_chat(
+        await charging.admit_chat(
             request, chat.messages, chat.max_tokens or classifier.default_completion_tokens, classifier
         )
         cache: ResponseCache = request.app.state.cache
@@ -178,12 +180,12 @@ def create_app(
     async def prometheus(request: Request) -> Response:
         return Response(metrics.prometheus_text(), media_type=PROMETHEUS_CONTENT_TYPE)
 
-    active_guard = guard if guard is not None else auth.Guard.from_env()
+    active_guard = guard if guard is not None else Guard.from_env()
     # Outermost first: request ids, then metrics (so 401s and 429s are counted), then API keys.
     middleware = [*web.middleware(), Middleware(MetricsMiddleware, recorder=metrics)]
-    log_content = auth.log_content_enabled()
+    log_content = log_content_enabled()
     if active_guard is not None or log_content:
-        middleware.append(Middleware(auth.ApiKeyMiddleware, guard=active_guard, log_content=log_content))
+        middleware.append(Middleware(ApiKeyMiddleware, guard=active_guard, log_content=log_content))
     app = Starlette(
         routes=[
             *(extra_routes or []),

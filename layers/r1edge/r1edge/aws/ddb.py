@@ -5,15 +5,17 @@ boto3 resources and sessions are not thread-safe, low-level clients are (boto3 g
 "Multithreading or multiprocessing with resources"), and the router calls its stores from a
 thread pool (``anyio.to_thread``). Building a resource per thread would cost a session and a
 service-model load per worker thread, so this adapter serializes with boto3's own
-``TypeSerializer``/``TypeDeserializer`` around one client, created on first use under a lock. The
-endpoint comes from ``AWS_ENDPOINT_URL_DYNAMODB`` when set (a moto server locally), as boto3 reads
-it itself.
+``TypeSerializer``/``TypeDeserializer`` around one client from :mod:`r1edge.aws.clients`, created
+on first use under a lock. The endpoint comes from ``AWS_ENDPOINT_URL_DYNAMODB`` when set (a moto
+server locally), as boto3 reads it itself. It is the one way r1edge reaches DynamoDB.
 """
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Mapping
 from typing import Any
+
+from r1edge.aws.clients import LazyClient
 
 _SERIALIZED_ARGS = ("Key", "Item", "ExpressionAttributeValues", "ExclusiveStartKey")
 
@@ -26,23 +28,20 @@ class Table:
 
     Args:
         name: the table name.
-        client: a DynamoDB client to use (tests inject one); default: created on first use.
+        client: the DynamoDB client: a :class:`~r1edge.aws.clients.LazyClient`, or a boto3
+            low-level client (tests inject moto's); default: a ``LazyClient`` made on first use.
+        config: ``botocore.config.Config`` keyword arguments (timeouts in seconds, retries) of
+            the default client; ignored when ``client`` is given.
     """
 
-    def __init__(self, name: str, client: Any = None) -> None:
+    def __init__(self, name: str, client: Any = None, config: Mapping[str, Any] | None = None) -> None:
         self.name = name
-        self._client = client
-        self._lock = threading.Lock()
+        self._lazy = client if isinstance(client, LazyClient) else LazyClient("dynamodb", config, client)
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            with self._lock:
-                if self._client is None:
-                    import boto3  # lazy: never at import time
-
-                    self._client = boto3.session.Session().client("dynamodb")
-        return self._client
+        """The low-level client, created on first use (:meth:`LazyClient.get`)."""
+        return self._lazy.get()
 
     def _call(self, operation: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
@@ -71,12 +70,3 @@ class Table:
 
     def scan(self, **kwargs: Any) -> dict[str, Any]:
         return self._call("scan", kwargs)
-
-
-class TableHandle:
-    """``handle.table``: a :class:`Table` named ``table_name`` on one shared client; with a boto3
-    ``resource`` given (tests), that resource's ``Table`` instead."""
-
-    def __init__(self, table_name: str, resource: Any = None) -> None:
-        self.table_name = table_name
-        self.table: Any = resource.Table(table_name) if resource is not None else Table(table_name)

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from r1edge.access import middleware as auth
+from r1edge.access import charging
 from r1edge.jobs.service import JobsDisabled, JobService, JobSettings, parse_submission
 from r1edge.protocol import web
 from r1edge.protocol.errors import ModelNotFound
@@ -65,7 +65,7 @@ async def create_jobs(request: Request) -> Response:
                 f"The model '{chat.get('model')}' does not exist. Use one of: {', '.join(served)}.",
                 param="model" if len(requests) == 1 and "requests" not in body else f"requests[{i}].model",
             )
-    await auth.admit_jobs(request, requests, config.classifier)
+    await charging.admit_jobs(request, requests, config.classifier)
     key = request.headers.get("idempotency-key")
     tenant = web.tenant(request)
     result = await anyio.to_thread.run_sync(lambda: service.submit(tenant, body, web.request_id(), key))
@@ -107,7 +107,7 @@ async def respond_async(request: Request, body: dict[str, Any]) -> Response | No
     if service is None or not prefers_async(request):
         return None
     job_body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
-    auth.keep_charge(request)  # the tokens admitted for the chat request now pay for its job
+    charging.keep_charge(request)  # the tokens admitted for the chat request now pay for its job
     tenant = web.tenant(request)
     key = request.headers.get("idempotency-key")  # a client's retry finds the job its first try queued
     result = await anyio.to_thread.run_sync(lambda: service.submit(tenant, job_body, web.request_id(), key))

@@ -8,17 +8,13 @@ explainable in one short string (logged, and returned in ``x-r1edge-reason``).
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
+from r1edge.protocol.tokens import estimate_prompt_tokens
 from r1edge.protocol.validation import ChatRequest, message_text
 from r1edge.routing.config import Classifier
-
-#: Per-message token overhead of chat templates (role markers), as OpenAI's cookbook counts it.
-MESSAGE_OVERHEAD_TOKENS = 4
 
 
 @dataclass(frozen=True)
@@ -35,17 +31,6 @@ class Decision:
     tier: str
     reason: str
     prompt_tokens: int
-
-
-def estimate_prompt_tokens(messages: list[dict[str, Any]], chars_per_token: float) -> int:
-    """Estimate prompt tokens without a tokenizer: ``ceil(chars / chars_per_token)`` per message
-    plus :data:`MESSAGE_OVERHEAD_TOKENS` each. About 4 characters per token holds for English
-    with BPE vocabularies; it errs high on CJK-free text, which routes borderline prompts to the
-    cluster rather than overflowing the edge's context."""
-    total = 0
-    for message in messages:
-        total += math.ceil(len(message_text(message)) / chars_per_token) + MESSAGE_OVERHEAD_TOKENS
-    return total
 
 
 @lru_cache(maxsize=32)

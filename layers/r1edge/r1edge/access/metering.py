@@ -1,0 +1,85 @@
+"""Metering an answer as it goes out: its status, its route, and the usage and text of a JSON
+completion or an SSE stream, read without holding any byte back.
+
+SSE is read through :class:`r1edge.protocol.sse.SSEDecoder`, the one SSE parser (events may split
+across body messages anywhere); JSON answers are kept up to :data:`MAX_METERED_JSON` bytes and
+read once they have ended.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.types import Message
+
+from r1edge.access.usage import Usage, usage_of
+from r1edge.protocol.sse import SSEDecoder
+
+#: Most bytes of a JSON answer kept to read its ``usage`` (larger answers are estimated).
+MAX_METERED_JSON = 4 * 1024 * 1024
+
+
+class Meter:
+    """Reads an answer as it goes out: its status, route (``x-r1edge-route``), and the usage and
+    text of a JSON completion or an SSE stream (events may split across body messages)."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.route: str | None = None
+        self.stream = False
+        self.json = bytearray()
+        self.sse = SSEDecoder()
+        self.usage: Usage | None = None
+        self.parts: list[str] = []
+
+    def start(self, message: Message) -> None:
+        """Take the ``http.response.start`` message: status, route, and whether it is SSE."""
+        self.status = message["status"]
+        headers = Headers(raw=message.get("headers", []))
+        self.route = headers.get("x-r1edge-route")
+        self.stream = headers.get("content-type", "").startswith("text/event-stream")
+
+    def feed(self, body: bytes) -> None:
+        """Take the bytes of one ``http.response.body`` message."""
+        if not self.stream:
+            if len(self.json) + len(body) <= MAX_METERED_JSON:
+                self.json.extend(body)
+            return
+        for data in self.sse.feed(body):
+            if data == "[DONE]":
+                continue
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                continue
+            self.usage = usage_of(chunk) or self.usage
+            self._texts(chunk, "delta")
+
+    def _texts(self, obj: Any, field: str) -> None:
+        choices = obj.get("choices") if isinstance(obj, dict) else None
+        for choice in choices if isinstance(choices, list) else []:
+            part = choice.get(field) if isinstance(choice, dict) else None
+            if isinstance(part, dict):
+                for name in ("content", "reasoning_content"):
+                    if isinstance(part.get(name), str):
+                        self.parts.append(part[name])
+
+    def answered(self) -> bool:
+        """Whether an upstream (or the cache) answered: status 200 with an ``x-r1edge-route``."""
+        return self.status == 200 and self.route is not None
+
+    def result(self, prompt_estimate: int, chars_per_token: float) -> tuple[Usage, str]:
+        """The answer's usage (its own, else estimated: ``prompt_estimate`` tokens and the
+        text's characters / ``chars_per_token``, rounded up) and its text."""
+        if not self.stream and self.json:
+            try:
+                completion = json.loads(bytes(self.json))
+            except ValueError:
+                completion = None
+            self.usage = usage_of(completion)
+            self._texts(completion, "message")
+        text = "".join(self.parts)
+        return self.usage or Usage(prompt_estimate, math.ceil(len(text) / chars_per_token)), text
