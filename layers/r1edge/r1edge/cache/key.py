@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from r1edge.protocol.validation import ChatRequest
-from r1edge.routing.config import MODEL_TIERS, Cache
+from r1edge.routing.config import TIER_MODELS, Cache
 
 #: Bumped when the key or the entry format changes, so old entries are never misread.
 KEY_VERSION = 1
@@ -36,8 +36,6 @@ KEY_VERSION = 1
 UNKEYED_FIELDS = frozenset({"model", "stream", "stream_options", "user", "metadata", "store"})
 #: ``finish_reason`` values of a complete, successful answer (OpenAI API reference).
 CACHEABLE_FINISH = frozenset({"stop", "length"})
-#: The public model name of each tier (for ``cache.nondeterministic_models`` and ``auto``).
-TIER_MODELS = {tier: name for name, tier in MODEL_TIERS.items() if tier is not None}
 
 #: Values of the ``x-cache`` response header.
 HIT, MISS, BYPASS = "HIT", "MISS", "BYPASS"
