@@ -299,3 +299,19 @@ def test_a_slow_health_table_never_holds_a_request_for_long(health_table):
                 break
             time.sleep(0.01)
         assert ask(client) == "backup"  # the read finished in its thread and serves this request
+
+
+def test_the_table_store_uses_one_lazy_client_with_its_short_timeouts(health_table):
+    from r1edge.aws.ddb import Table
+    from r1edge.observe.health import CLIENT_CONFIG
+
+    store = DynamoHealthStore(health_table.name)  # no resource: the production path
+    assert store._client._client is None  # nothing made before the first use
+    result = ProbeResult("r1-a", "cluster", "up", 1_000.0, latency=0.25, completion_ok=True)
+    store.put(result, ttl=300)
+    assert store.read_all() == {"r1-a": result}
+    assert isinstance(store.table, Table)
+    config = store.table.client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (CLIENT_CONFIG["connect_timeout"], 2)
+    assert config.retries == CLIENT_CONFIG["retries"]
+    assert items(health_table)["r1-a"]["expires_at"] == 1_300

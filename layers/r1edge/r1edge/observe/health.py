@@ -34,6 +34,8 @@ import anyio
 import httpx
 from aws_lambda_powertools import Logger
 
+from r1edge.aws.clients import LazyClient
+from r1edge.aws.ddb import Table
 from r1edge.observe.metrics import Recorder
 from r1edge.protocol.errors import ConfigError, UpstreamError
 from r1edge.protocol.sse import parse_completion
@@ -123,8 +125,10 @@ class HealthStore(Protocol):
 
 class DynamoHealthStore:
     """The health table in DynamoDB: partition key ``endpoint`` (S), TTL attribute
-    ``expires_at`` (the template's ``HealthTable``). The boto3 resource is created on first use;
-    its endpoint comes from ``AWS_ENDPOINT_URL_DYNAMODB`` when set (moto locally).
+    ``expires_at`` (the template's ``HealthTable``). Reached through
+    :class:`r1edge.aws.ddb.Table` on one low-level client (:class:`r1edge.aws.clients.LazyClient`,
+    :data:`CLIENT_CONFIG`) created on first use; its endpoint comes from
+    ``AWS_ENDPOINT_URL_DYNAMODB`` when set (moto locally).
 
     Args:
         table_name: the table's name.
@@ -134,17 +138,17 @@ class DynamoHealthStore:
     def __init__(self, table_name: str, resource: Any = None) -> None:
         self.table_name = table_name
         self._resource = resource
+        self._client = LazyClient("dynamodb", CLIENT_CONFIG)
         self._table: Any = None
 
     @property
     def table(self) -> Any:
+        """The table (``put_item``, ``scan``), made on first use."""
         if self._table is None:
-            if self._resource is None:
-                import boto3  # lazily: never at import time
-                from botocore.config import Config
-
-                self._resource = boto3.resource("dynamodb", config=Config(**CLIENT_CONFIG))
-            self._table = self._resource.Table(self.table_name)
+            if self._resource is not None:
+                self._table = self._resource.Table(self.table_name)
+            else:
+                self._table = Table(self.table_name, self._client.get())
         return self._table
 
     def put(self, result: ProbeResult, ttl: float) -> None:

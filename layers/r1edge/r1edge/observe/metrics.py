@@ -314,8 +314,9 @@ UNCOUNTED_PATHS = frozenset({"/metrics", "/ping"})
 class MetricsMiddleware:
     """ASGI middleware: records :meth:`Recorder.request` for every answered request (and
     :meth:`Recorder.first_token` for SSE answers) from what the client receives — the status,
-    ``x-r1edge-route``/``x-r1edge-upstream`` headers, the first body chunk that is not an SSE
-    comment (``: keep-alive``), the last byte — then flushes the EMF buffer (one batch per
+    ``x-r1edge-route``/``x-r1edge-upstream`` headers, the first body chunk that completes an SSE
+    event with data (read by :class:`~r1edge.protocol.sse.SSEDecoder`, so comments such as
+    ``: keep-alive`` never count), the last byte — then flushes the EMF buffer (one batch per
     request). Paths in :data:`UNCOUNTED_PATHS` are passed through.
 
     Args:
@@ -334,7 +335,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = self.clock()
-        seen: dict[str, Any] = {"status": 500, "tier": NONE, "endpoint": NONE, "sse": False, "first": None}
+        seen: dict[str, Any] = {"status": 500, "tier": NONE, "endpoint": NONE, "events": None, "first": None}
 
         async def observe(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -342,12 +343,20 @@ class MetricsMiddleware:
                 headers = _headers(message.get("headers", []))
                 seen["tier"] = headers.get("x-r1edge-route", NONE)
                 seen["endpoint"] = headers.get("x-r1edge-upstream", NONE)
-                seen["sse"] = headers.get("content-type", "").startswith("text/event-stream")
+                if headers.get("content-type", "").startswith("text/event-stream"):
+                    # lazy: the codec module imports httpx, which the config function (a
+                    # recorder without this middleware) need not load at a cold start
+                    from r1edge.protocol.sse import SSEDecoder
+
+                    seen["events"] = SSEDecoder()
                 seen["cache"] = headers.get("x-cache")
-            elif message["type"] == "http.response.body" and seen["sse"] and seen["first"] is None:
-                body = message.get("body", b"")
-                if body and not body.lstrip().startswith(b":"):
-                    seen["first"] = self.clock()
+            elif (
+                message["type"] == "http.response.body"
+                and seen["events"] is not None
+                and seen["first"] is None
+                and seen["events"].feed(message.get("body", b""))
+            ):
+                seen["first"] = self.clock()
             await send(message)
 
         try:
