@@ -104,8 +104,8 @@ def test_the_router_reloads_from_s3_without_a_restart(monkeypatch):
 
 
 def test_unchanged_endpoints_keep_their_breaker_state_across_a_reload():
-    from r1edge.routing.config import parse_config
     from r1edge.observe.metrics import Recorder
+    from r1edge.routing.config import parse_config
     from r1edge.routing.gateway import Gateway
 
     config = parse_config(WITH_CLUSTER, environ={})
