@@ -52,6 +52,12 @@ class Call:
     body: dict[str, Any]
     headers: dict[str, str]
     closed_early: bool = False  # the router hung up before the answer was complete
+    hung_up: threading.Event = field(default_factory=threading.Event, repr=False)  # set with closed_early
+
+    def hang_up(self) -> None:
+        """Record that the router closed the connection before the answer was complete."""
+        self.closed_early = True
+        self.hung_up.set()
 
 
 async def _reset() -> AsyncIterator[bytes]:
@@ -133,7 +139,7 @@ class FaultServer:
             await asyncio.sleep(0.05)
             waited += 0.05
             if await request.is_disconnected():
-                call.closed_early = True
+                call.hang_up()
                 return Response(status_code=499)
         if fault.reset:
             return ClosingStreamingResponse(_reset(), media_type="application/json")
@@ -194,4 +200,4 @@ class FaultServer:
             complete = True
         finally:
             if not complete:
-                call.closed_early = True
+                call.hang_up()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import threading
+from dataclasses import dataclass, field
 
 import anyio
 import pytest
@@ -13,7 +14,7 @@ from starlette.testclient import TestClient
 
 from r1edge.edge.app import create_app
 from r1edge.edge.model import resolve_model_path
-from r1edge.edge.runtime import LlamaRuntime
+from r1edge.edge.runtime import GenerationStats, LlamaRuntime
 
 pytestmark = pytest.mark.integration
 
@@ -150,12 +151,24 @@ def endless(runtime: LlamaRuntime) -> dict:
     }
 
 
+@dataclass
+class Watched(GenerationStats):
+    """Generation stats that set :attr:`generating` once the worker thread has counted the first
+    completion token (the runtime fills them in as tokens are sampled)."""
+
+    generating: threading.Event = field(default_factory=threading.Event)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if name == "completion_tokens" and value:
+            self.generating.set()
+
+
 def test_cancel_stops_a_non_streamed_generation_at_the_next_token(runtime):
     kwargs = endless(runtime)
-    cancel = threading.Event()
-    timer = threading.Timer(0.5, cancel.set)
-    timer.start()
-    result = anyio.run(runtime.complete, kwargs, cancel)
+    stats = Watched()
+    cancel = stats.generating  # set mid-generation, by the worker thread, after the first token
+    result = anyio.run(runtime.complete, kwargs, cancel, stats)
     assert result["usage"]["completion_tokens"] < 1500
     # the context is free again: the next request runs at once and whole
     again = anyio.run(runtime.complete, {**kwargs, "max_tokens": 3})
@@ -176,8 +189,9 @@ def test_a_cancelled_caller_never_overlaps_the_next_generation(runtime):
 
     async def scenario():
         cancel = threading.Event()
-        task = asyncio.create_task(runtime.complete(long, cancel))
-        await asyncio.sleep(0.3)
+        stats = Watched()
+        task = asyncio.create_task(runtime.complete(long, cancel, stats))
+        assert await asyncio.to_thread(stats.generating.wait, 60)  # its thread is inside llama.cpp
         cancel.set()
         task.cancel()  # the coroutine is gone while its thread may still be inside llama.cpp
         with contextlib.suppress(asyncio.CancelledError):

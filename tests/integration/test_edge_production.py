@@ -161,7 +161,11 @@ def test_a_full_queue_is_refused_with_503_and_the_waiting_request_still_runs():
         holder = rt.stream({**body, "max_tokens": 1500, "logit_bias": no_eos(rt)})
         await anext(holder)  # generating: the model is taken
         waiting = asyncio.create_task(rt.complete(body))  # the one queue place
-        await asyncio.sleep(0.05)
+        for _ in range(100):  # yield until the task has taken it
+            if rt._waiting:
+                break
+            await asyncio.sleep(0)
+        assert rt._waiting == 1
         with pytest.raises(Overloaded) as refused:
             await rt.complete(body)
         await holder.aclose()

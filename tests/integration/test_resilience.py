@@ -54,7 +54,9 @@ def test_429_with_retry_after_2_then_200_retries_once_after_at_least_2_s():
 
 def test_503_with_http_date_retry_after_waits_about_5_s():
     clock = FakeClock()
-    when = email.utils.formatdate(clock.wall() + 5, usegmt=True)
+    wall = 1_800_000_000.0  # a wall clock that stands still while the servers start
+    clock.wall = lambda: wall  # type: ignore[method-assign]
+    when = email.utils.formatdate(wall + 5, usegmt=True)
     with FaultServer("r1", [Fault(503, {"Retry-After": when}), Fault()]) as r1, router(clock, r1) as client:
         response = client.post("/v1/chat/completions", json=HELLO)
     assert response.status_code == 200
@@ -182,10 +184,7 @@ def test_first_token_timeout_abandons_the_slow_upstream_and_closes_its_connectio
         response, text = stream_text(client, HELLO)
         assert response.headers["x-r1edge-upstream"] == "fast"
         assert data_events(text)[-1] == "[DONE]"
-        for _ in range(100):  # the slow server notices the closed connection on its next write
-            if slow.calls[0].closed_early:
-                break
-            time.sleep(0.05)
+        assert slow.calls[0].hung_up.wait(5)  # the slow server notices the closed connection
     assert slow.calls[0].closed_early
     assert len(fast.calls) == 1
 
@@ -224,7 +223,8 @@ def test_client_disconnect_mid_stream_closes_the_upstream_connection():
         )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
-        while not server.started:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:  # the real server coming up
             time.sleep(0.01)
         try:
             with httpx.stream(
@@ -232,19 +232,13 @@ def test_client_disconnect_mid_stream_closes_the_upstream_connection():
             ) as response:
                 lines = response.iter_lines()
                 assert next(line for line in lines if line.startswith("data:"))
-            for _ in range(100):
-                if r1.calls[0].closed_early:
-                    break
-                time.sleep(0.05)
+            assert r1.calls[0].hung_up.wait(5)
             assert r1.calls[0].closed_early
             # and a non-streamed request abandoned by its client is cancelled upstream too
             r1.script = [Fault(delay_headers=30)]
             with pytest.raises(httpx.ReadTimeout):
                 httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=HELLO, timeout=0.5)
-            for _ in range(100):
-                if r1.calls[1].closed_early:
-                    break
-                time.sleep(0.05)
+            assert r1.calls[1].hung_up.wait(5)
             assert r1.calls[1].closed_early
         finally:
             server.should_exit = True

@@ -354,10 +354,12 @@ class Gate:
     def __init__(self, *outcomes: httpx.Response) -> None:
         self.outcomes = list(outcomes)
         self.released = asyncio.Event()
+        self.reached = asyncio.Event()  # set by the first call
         self.calls = 0
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         self.calls += 1
+        self.reached.set()
         await self.released.wait()
         outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
         return outcome(request) if callable(outcome) else outcome
@@ -370,12 +372,29 @@ def shared_answer(request: httpx.Request) -> httpx.Response:
     return json_reply(completion("shared"))
 
 
-async def until(condition, timeout: float = 2.0) -> None:
-    for _ in range(int(timeout / 0.005)):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not reached")
+async def until(event: asyncio.Event, timeout: float = 10.0) -> None:
+    """Wait for ``event``; ``timeout`` (seconds) only bounds a failing test."""
+    await asyncio.wait_for(event.wait(), timeout)
+
+
+def looked_up(cache: ResponseCache, requests: int) -> asyncio.Event:
+    """An event set once ``requests`` lookups in ``cache`` have missed or hit. After its lookup
+    a request goes on, without yielding to the event loop, to wait for the identical request in
+    flight (or to lead it): when the event's waiter runs, all of them are in place."""
+    arrived = asyncio.Event()
+    lookup = cache.lookup
+    count = 0
+
+    async def counted(key, settings):
+        nonlocal count
+        found = await lookup(key, settings)
+        count += 1
+        if count == requests:
+            arrived.set()
+        return found
+
+    cache.lookup = counted  # type: ignore[method-assign]
+    return arrived
 
 
 async def concurrent(app, bodies, on_started):
@@ -389,14 +408,14 @@ async def concurrent(app, bodies, on_started):
 def test_identical_requests_in_flight_make_one_upstream_call(tmp_path):
     gate = Gate(shared_answer)
     fake = FakeUpstream({"edge-a": [gate]})
-    app = create_app(routing(), fake.upstream(), cache=make_cache(tmp_path, Wall()), **FakeClock().options())
-    cache = None
+    cache = make_cache(tmp_path, Wall())
+    all_five = looked_up(cache, 5)
+    app = create_app(routing(), fake.upstream(), cache=cache, **FakeClock().options())
 
     async def release():
-        nonlocal cache
-        cache = app.state.cache
-        await until(lambda: gate.calls == 1 and len(cache.flights) == 1)
-        await asyncio.sleep(0.05)  # the other four are waiting on the flight by now
+        await until(gate.reached)
+        await until(all_five)  # one leads the flight, the other four are waiting on it
+        assert len(cache.flights) == 1
         gate.released.set()
 
     bodies = [BODY, BODY, {**BODY, "stream": True}, BODY, {**BODY, "stream": True}]
@@ -415,16 +434,18 @@ def test_identical_requests_in_flight_make_one_upstream_call(tmp_path):
 def test_when_the_request_in_flight_fails_a_waiting_one_goes_upstream(tmp_path):
     gate = Gate(json_reply({"error": {"message": "down"}}, 500), json_reply(completion("second try")))
     fake = FakeUpstream({"edge-a": [gate]})
+    cache = make_cache(tmp_path, Wall())
+    all_three = looked_up(cache, 3)
     app = create_app(
         config(endpoint("edge-a", "edge"), retry={"max_attempts": 1}),
         fake.upstream(),
-        cache=make_cache(tmp_path, Wall()),
+        cache=cache,
         **FakeClock().options(),
     )
 
     async def release():
-        await until(lambda: gate.calls == 1)
-        await asyncio.sleep(0.05)
+        await until(gate.reached)
+        await until(all_three)  # one leads the flight, the other two are waiting on it
         gate.released.set()
 
     answers = asyncio.run(concurrent(app, [{**BODY, "model": "edge"}] * 3, release))
@@ -447,7 +468,7 @@ def test_a_waiting_request_is_bounded_by_its_own_deadline(tmp_path):
 
     async def scenario():
         leader = asyncio.create_task(cache.complete(gateway, request, "t", None, "r1", deadline=30))
-        await until(lambda: gate.calls == 1)
+        await until(gate.reached)
         with pytest.raises(UpstreamTimeout) as waited:
             await cache.complete(gateway, request, "t", None, "r2", deadline=0.1)
         gate.released.set()

@@ -1,15 +1,12 @@
-"""layers/model/fetch_model.py: a GGUF file fetched from a path, HTTP or S3, verified, and placed
-in the image path or in S3 — and the edge loading the S3 copy for real."""
+"""layers/model/fetch_model.py: a GGUF file fetched from a path or S3 (moto), verified, and placed
+in the image path or in S3. The HTTP source and the edge loading the S3 copy for real are in
+tests/integration/test_edge_fetch_model.py."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import http.server
 import json
 import sys
-import threading
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,8 +16,7 @@ sys.path.insert(0, str(ROOT / "layers" / "model"))
 
 from fetch_model import fetch_model, main  # noqa: E402
 
-from r1edge.edge.model import DEFAULT_MODEL_SHA256, ModelError, resolve_model_path  # noqa: E402
-from r1edge.edge.runtime import LlamaRuntime  # noqa: E402
+from r1edge.edge.model import ModelError  # noqa: E402
 
 GGUF = b"GGUF" + bytes(range(256)) * 64
 DIGEST = hashlib.sha256(GGUF).hexdigest()
@@ -66,24 +62,6 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path):
         fetch_model(str(tmp_path / "absent.gguf"), str(tmp_path / "model.gguf"))
 
 
-def test_an_http_source_is_streamed_to_disk(source, tmp_path):
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(source.parent))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
-        dest = tmp_path / "model.gguf"
-        assert fetch_model(f"{base}/model.gguf", str(dest), DIGEST)["sha256"] == DIGEST
-        assert dest.read_bytes() == GGUF
-        with pytest.raises(ModelError, match="404"):
-            fetch_model(f"{base}/absent.gguf", str(tmp_path / "other.gguf"))
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_upload_to_s3_and_back(source, tmp_path, s3):
     result = fetch_model(str(source), "s3://models/r1/model.gguf", s3=s3)
     assert result == {"dest": "s3://models/r1/model.gguf", "bytes": len(GGUF), "sha256": DIGEST}
@@ -92,24 +70,6 @@ def test_upload_to_s3_and_back(source, tmp_path, s3):
     back = tmp_path / "back.gguf"
     fetch_model("s3://models/r1/model.gguf", str(back), DIGEST, s3=s3)
     assert back.read_bytes() == GGUF
-
-
-@pytest.mark.integration
-def test_the_edge_loads_and_runs_a_model_uploaded_to_s3(tmp_path, s3):
-    packaged = resolve_model_path()
-    fetch_model(str(packaged), "s3://models/smollm2.gguf", DEFAULT_MODEL_SHA256, s3=s3)
-    env = {
-        "MODEL_URI": "s3://models/smollm2.gguf",
-        "MODEL_SHA256": DEFAULT_MODEL_SHA256,
-        "MODEL_CACHE_DIR": str(tmp_path),
-    }
-    path = resolve_model_path(env, image_path=tmp_path / "absent.gguf", s3=s3)
-    assert path.parent == tmp_path
-    runtime = LlamaRuntime(path, n_ctx=512)
-    runtime.load()
-    answer = asyncio.run(runtime.complete({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}))
-    assert answer["usage"]["completion_tokens"] >= 1
-    assert runtime.model_id == path.stem
 
 
 @pytest.mark.parametrize("kind", ["directory", "trailing-slash", "parent-is-a-file"])
