@@ -1,10 +1,10 @@
 """Worker function: runs queued jobs (SQS event source, ``ReportBatchItemFailures``).
 
 Powertools' ``AsyncBatchProcessor`` runs the records of a batch concurrently through
-:func:`r1edge.apps.worker.handle_record` (all logic in :mod:`r1edge.jobs.service`) and answers
+:func:`r1edge.apps.worker.handle_record` (all logic in :mod:`r1edge.jobs.runner`) and answers
 ``{"batchItemFailures": [...]}``: a record whose job must run again (or whose message is not a
 job) is listed, so SQS keeps that message and deletes the others. Environment: ``R1EDGE_CONFIG``
-and the ``JOBS_*`` variables (:data:`r1edge.jobs.service.ENV`).
+and the ``JOBS_*`` variables (:data:`r1edge.jobs.settings.ENV`).
 """
 
 from __future__ import annotations

@@ -24,7 +24,9 @@ from samlocal import ROOT, Resolver, function_environment, load_event, load_modu
 from worker import BATCH_SIZE
 
 from r1edge.apps import worker as worker_runtime
-from r1edge.jobs.service import MAX_MESSAGE_BYTES, JobRunner, JobSettings, JobStore
+from r1edge.jobs.runner import JobRunner
+from r1edge.jobs.settings import MAX_MESSAGE_BYTES, JobSettings
+from r1edge.jobs.store import JobStore
 
 TEMPLATE = load_template()
 RESOURCES = TEMPLATE["Resources"]
