@@ -41,10 +41,14 @@ class LoopBoundGateway:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def complete(self, *args: Any, **kwargs: Any) -> Any:
-        """:meth:`Gateway.complete` on a transport of the running loop. The transport it replaces
-        is closed (:meth:`Upstream.aclose`), so its pool and sockets are released."""
+        """:meth:`Gateway.complete` on a transport of the running loop. The first call's loop
+        adopts the transport the gateway was built with (it holds no connection yet); when the
+        loop changes, a new one is made and the one it replaces is closed
+        (:meth:`Upstream.aclose`), so its pool and sockets are released."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
             old = self.gateway.upstream
             self.gateway.upstream = self.upstream_factory()
             self._loop = loop
