@@ -209,13 +209,13 @@ def upstream_retry_after(error: OpenAIError, now: float) -> float | None:
     """Seconds the gateway asked a busy job to wait (its ``Retry-After``), or ``None``: only a
     503/429 (:class:`Overloaded`, :class:`RateLimited`) carries one that counts.
 
-    Parsed by :func:`r1edge.resilience.retry.parse_retry_after` (header names matched without
-    regard to case; delay-seconds or an HTTP-date, RFC 9110 section 10.2.3, and
-    ``retry-after-ms``). The gateway always sends whole seconds (``str(int)``, at least 1), so
-    the jobs runner's former own parser (``float()`` of the value) gave the same answer for every
-    value r1edge produces; it differed only on values r1edge never sends: a fractional or
-    exponent form (``"1.5"``, ``"1e3"``) or ``"inf"`` was taken as a number there and is
-    ``None`` here, an HTTP-date or ``retry-after-ms`` was ignored there and is honoured here.
+    Parsed by :func:`r1edge.resilience.retry.parse_retry_after` (header names in any case;
+    delay-seconds or an HTTP-date, RFC 9110 section 10.2.3, and ``retry-after-ms``). The gateway
+    always sends whole seconds (``str(int)``, at least 1), so the jobs runner's former own parser
+    (``float()`` of the value) gave the same answer for every value r1edge produces; it differed
+    only on values r1edge never sends: a fractional or exponent form (``"1.5"``, ``"1e3"``) or
+    ``"inf"`` was taken as a number there and is ``None`` here, an HTTP-date or
+    ``retry-after-ms`` was ignored there and is honoured here.
 
     Args:
         error: the job attempt's error.
@@ -223,4 +223,4 @@ def upstream_retry_after(error: OpenAIError, now: float) -> float | None:
     """
     if not isinstance(error, (Overloaded, RateLimited)) and error.status not in (429, 503):
         return None
-    return parse_retry_after({name.lower(): value for name, value in error.headers.items()}, now)
+    return parse_retry_after(error.headers, now)
