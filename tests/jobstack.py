@@ -16,7 +16,9 @@ from run import JOBS_DLQ, create_local_aws_resources
 from samlocal import ROOT, load_module
 from worker import poll_once
 
-from r1edge.jobs.service import JobRunner, JobService, JobSettings
+from r1edge.jobs.runner import JobRunner
+from r1edge.jobs.service import JobService
+from r1edge.jobs.settings import JobSettings
 from r1edge.observe.metrics import Recorder
 from r1edge.routing.gateway import Gateway
 

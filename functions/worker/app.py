@@ -1,7 +1,7 @@
 """Worker function: runs queued jobs (SQS event source, ``ReportBatchItemFailures``); answers
 ``{"batchItemFailures": [...]}`` so SQS keeps only the messages whose job must run again. All
 logic is in :mod:`r1edge.apps.worker` (:func:`~r1edge.apps.worker.lambda_handler`); environment:
-``R1EDGE_CONFIG`` and the ``JOBS_*`` variables (:data:`r1edge.jobs.service.ENV`).
+``R1EDGE_CONFIG`` and the ``JOBS_*`` variables (:data:`r1edge.jobs.settings.ENV`).
 """
 
 from typing import Any

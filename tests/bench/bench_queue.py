@@ -86,7 +86,7 @@ def crashing_worker(log_path: str, seed: int, crash_rate: float) -> int:
     import boto3
     from worker import load_handler, poll_once
 
-    from r1edge.jobs.service import JobStore
+    from r1edge.jobs.store import JobStore
 
     rng = random.Random(seed)
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)

@@ -14,7 +14,8 @@ from run import create_local_aws_resources
 from samlocal import ROOT, Resolver, function_environment, load_event, load_module, load_template
 
 from r1edge.apps import worker as worker_runtime
-from r1edge.jobs.service import JobSettings, JobStore
+from r1edge.jobs.settings import JobSettings
+from r1edge.jobs.store import JobStore
 
 pytestmark = pytest.mark.integration
 

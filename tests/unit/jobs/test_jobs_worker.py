@@ -20,7 +20,8 @@ from run import (
 from samlocal import load_template
 from worker import BATCH_SIZE
 
-from r1edge.jobs.service import MAX_MESSAGE_BYTES, JobRunner, JobSettings
+from r1edge.jobs.runner import JobRunner
+from r1edge.jobs.settings import MAX_MESSAGE_BYTES, JobSettings
 
 TEMPLATE = load_template()
 RESOURCES = TEMPLATE["Resources"]

@@ -1,6 +1,6 @@
-"""The worker's runtime: one :class:`~r1edge.jobs.service.JobRunner` per process, with the routing core
+"""The worker's runtime: one :class:`~r1edge.jobs.runner.JobRunner` per process, with the routing core
 (:class:`~r1edge.routing.gateway.Gateway`) built from ``R1EDGE_CONFIG`` and the job settings from the
-environment (:data:`r1edge.jobs.service.ENV`), and the record handler that Powertools'
+environment (:data:`r1edge.jobs.settings.ENV`), and the record handler that Powertools'
 ``AsyncBatchProcessor`` calls for each SQS record (functions/worker/app.py).
 
 Records of one batch run concurrently (they wait on upstreams), each with the invocation's time
@@ -20,7 +20,8 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from r1edge.jobs.service import JobRunner, JobSettings, Outcome
+from r1edge.jobs.runner import JobRunner, Outcome
+from r1edge.jobs.settings import JobSettings
 from r1edge.observe import metrics
 from r1edge.routing.config import config_from_env
 from r1edge.routing.gateway import Gateway
@@ -40,10 +41,14 @@ class LoopBoundGateway:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def complete(self, *args: Any, **kwargs: Any) -> Any:
-        """:meth:`Gateway.complete` on a transport of the running loop. The transport it replaces
-        is closed (:meth:`Upstream.aclose`), so its pool and sockets are released."""
+        """:meth:`Gateway.complete` on a transport of the running loop. The first call's loop
+        adopts the transport the gateway was built with (it holds no connection yet); when the
+        loop changes, a new one is made and the one it replaces is closed
+        (:meth:`Upstream.aclose`), so its pool and sockets are released."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
             old = self.gateway.upstream
             self.gateway.upstream = self.upstream_factory()
             self._loop = loop
@@ -53,7 +58,7 @@ class LoopBoundGateway:
 
 @cache
 def runner_from_env() -> JobRunner:
-    """The process's runner (built once): settings from :data:`r1edge.jobs.service.ENV`, routing config
+    """The process's runner (built once): settings from :data:`r1edge.jobs.settings.ENV`, routing config
     from ``R1EDGE_CONFIG``.
 
     Raises:

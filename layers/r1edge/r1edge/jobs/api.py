@@ -19,14 +19,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from r1edge.access import charging
-from r1edge.jobs.service import JobsDisabled, JobService, JobSettings, parse_submission
+from r1edge.jobs.service import JobsDisabled, JobService, parse_submission
+from r1edge.jobs.settings import JobSettings
 from r1edge.protocol import web
 from r1edge.protocol.errors import ModelNotFound
 from r1edge.protocol.validation import parse_json_body
 
 
 def service_from_env(environ: Mapping[str, str] | None = None) -> JobService | None:
-    """A :class:`JobService` when the environment configures jobs (:data:`r1edge.jobs.service.ENV`),
+    """A :class:`JobService` when the environment configures jobs (:data:`r1edge.jobs.settings.ENV`),
     else ``None``."""
     settings = JobSettings.from_env(os.environ if environ is None else environ)
     return JobService(settings) if settings is not None else None

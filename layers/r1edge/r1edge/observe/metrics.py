@@ -279,7 +279,7 @@ class Recorder:
     def job_outcome(self, status: str) -> None:
         """A queued job's attempt ended: ``status`` is ``succeeded``, ``failed`` (permanent),
         ``dead_lettered`` (failed on its last receive), ``retried`` (left for redelivery) or
-        ``poison`` (not a job message), as :class:`r1edge.jobs.service.JobRunner` records them."""
+        ``poison`` (not a job message), as :class:`r1edge.jobs.runner.JobRunner` records them."""
         self.jobs.labels(status).inc()
         self._emf("JobOutcomes", MetricUnit.Count, 1, status=status)
 
