@@ -141,7 +141,7 @@ def main() -> int:
         from run import create_health_table
 
         name = create_health_table(boto3.client("dynamodb", region_name="us-east-1"))
-        store = DynamoHealthStore(name, boto3.resource("dynamodb", region_name="us-east-1"))
+        store = DynamoHealthStore(name, boto3.client("dynamodb", region_name="us-east-1"))
         store.put(ProbeResult("r1-a", "cluster", "up", time.time(), load=0.3), ttl=600)
         store.put(ProbeResult("r1-b", "cluster", "up", time.time(), load=0.2), ttl=600)
         variants = ("no metrics", "metrics", "metrics + health")

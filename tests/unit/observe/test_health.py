@@ -65,14 +65,14 @@ def fake_endpoint(clock: FakeClock, models_delay: float = 0.0, completion_delay:
     return reply, calls
 
 
-def _resource(table):
-    """A boto3 DynamoDB resource in the table's (moto) region."""
-    return boto3.resource("dynamodb", region_name="us-east-1")
+def _client(table):
+    """A boto3 DynamoDB client in the table's (moto) region."""
+    return boto3.client("dynamodb", region_name="us-east-1")
 
 
 def prober_for(fake: FakeUpstream, endpoints, table, clock: FakeClock, wall: Wall, **extra) -> Prober:
     cfg = config(*endpoints, **extra)
-    store = DynamoHealthStore(table.name, _resource(table))
+    store = DynamoHealthStore(table.name, _client(table))
     return Prober(cfg, fake.upstream(), store, Recorder("health"), wall, clock)
 
 
@@ -174,7 +174,7 @@ def test_two_rounds_start_30_seconds_apart_with_an_injected_wait(health_table):
 
 def test_the_health_view_drops_stale_records_and_rereads_after_max_age(health_table):
     wall = Wall()
-    store = DynamoHealthStore(health_table.name, _resource(health_table))
+    store = DynamoHealthStore(health_table.name, _client(health_table))
     store.put(ProbeResult("r1", "cluster", "down", wall.now - 10, detail="x"), ttl=600)
     reads = []
     original = store.read_all
@@ -192,13 +192,13 @@ def test_the_health_view_drops_stale_records_and_rereads_after_max_age(health_ta
 
 
 def put(table, name: str, status: str, age: float, wall: Wall, **extra) -> None:
-    DynamoHealthStore(table.name, _resource(table)).put(
+    DynamoHealthStore(table.name, _client(table)).put(
         ProbeResult(name, "cluster", status, wall.now - age, **extra), ttl=600
     )
 
 
 def router_with_health(table, wall: Wall, fake: FakeUpstream, *endpoints):
-    store = DynamoHealthStore(table.name, _resource(table))
+    store = DynamoHealthStore(table.name, _client(table))
     view = HealthView(store, max_age=5, stale_after=90, wall_clock=wall)
     cfg = config(*endpoints)
     return TestClient(create_app(cfg, fake.upstream(), health=view, **FakeClock().options()))
@@ -274,7 +274,7 @@ def test_a_slow_health_table_never_holds_a_request_for_long(health_table):
     wall = Wall()
     fake = FakeUpstream({"primary": [json_reply(completion())], "backup": [json_reply(completion())]})
     put(health_table, "primary", "down", 5, wall)
-    store = DynamoHealthStore(health_table.name, _resource(health_table))
+    store = DynamoHealthStore(health_table.name, _client(health_table))
     gate = threading.Event()
     original = store.read_all
 
@@ -309,8 +309,9 @@ def test_the_table_store_uses_one_lazy_client_with_its_short_timeouts(health_tab
     from r1edge.aws.ddb import Table
     from r1edge.observe.health import CLIENT_CONFIG
 
-    store = DynamoHealthStore(health_table.name)  # no resource: the production path
-    assert store._client._client is None  # nothing made before the first use
+    store = DynamoHealthStore(health_table.name)  # no client given: the production path
+    assert store.table._lazy._client is None  # nothing made before the first use
+
     result = ProbeResult("r1-a", "cluster", "up", 1_000.0, latency=0.25, completion_ok=True)
     store.put(result, ttl=300)
     assert store.read_all() == {"r1-a": result}

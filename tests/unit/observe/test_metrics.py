@@ -320,7 +320,7 @@ def exercise_every_code_path(health_table) -> set[str]:
         }
     )
     wall = FakeClock()
-    store = DynamoHealthStore(health_table.name, boto3.resource("dynamodb", region_name="us-east-1"))
+    store = DynamoHealthStore(health_table.name, boto3.client("dynamodb", region_name="us-east-1"))
     store.put(ProbeResult("r1-b", "cluster", "up", wall.wall(), load=0.3), ttl=600)
     cfg = config(
         endpoint("edge-a", "edge"),

@@ -68,5 +68,8 @@ class Table:
     def update_item(self, **kwargs: Any) -> dict[str, Any]:
         return self._call("update_item", kwargs)
 
+    def delete_item(self, **kwargs: Any) -> dict[str, Any]:
+        return self._call("delete_item", kwargs)
+
     def scan(self, **kwargs: Any) -> dict[str, Any]:
         return self._call("scan", kwargs)

@@ -83,8 +83,7 @@ class JobStore:
 
     def delete(self, job_id: str) -> None:
         """Remove a job record (only for a submission whose message could not be sent)."""
-        # Table has no delete_item; its one low-level client takes the key in DynamoDB's wire format.
-        self.table.client.delete_item(TableName=self.table.name, Key={"id": {"S": job_id}})
+        self.table.delete_item(Key={"id": job_id})
 
     def get(self, job_id: str, tenant: str | None = None) -> dict[str, Any] | None:
         """The job's item as plain values, with ``response`` loaded from S3 when stored there;

@@ -132,24 +132,12 @@ class DynamoHealthStore:
 
     Args:
         table_name: the table's name.
-        resource: a boto3 DynamoDB service resource to use instead (tests).
+        client: a boto3 DynamoDB client to use instead (tests inject moto's).
     """
 
-    def __init__(self, table_name: str, resource: Any = None) -> None:
+    def __init__(self, table_name: str, client: Any = None) -> None:
         self.table_name = table_name
-        self._resource = resource
-        self._client = LazyClient("dynamodb", CLIENT_CONFIG)
-        self._table: Any = None
-
-    @property
-    def table(self) -> Any:
-        """The table (``put_item``, ``scan``), made on first use."""
-        if self._table is None:
-            if self._resource is not None:
-                self._table = self._resource.Table(self.table_name)
-            else:
-                self._table = Table(self.table_name, self._client.get())
-        return self._table
+        self.table = Table(table_name, client or LazyClient("dynamodb", CLIENT_CONFIG))
 
     def put(self, result: ProbeResult, ttl: float) -> None:
         """``PutItem`` of the endpoint's record (the latest probe replaces the previous one).
