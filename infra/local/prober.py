@@ -16,8 +16,9 @@ import time
 
 from aws_lambda_powertools import Logger
 
+from r1edge import env
 from r1edge.observe import metrics
-from r1edge.observe.health import TABLE_ENV, DynamoHealthStore, Prober
+from r1edge.observe.health import DynamoHealthStore, Prober
 from r1edge.routing.config import config_from_env
 from r1edge.routing.upstream import Upstream
 
@@ -29,7 +30,7 @@ async def probe_forever(interval: float) -> None:
     """Probe rounds ``interval`` seconds apart (a round's own time counts against the wait)."""
     config = config_from_env()
     recorder = metrics.default("health")
-    prober = Prober(config, Upstream(), DynamoHealthStore(os.environ[TABLE_ENV]), recorder)
+    prober = Prober(config, Upstream(), DynamoHealthStore(os.environ[env.R1EDGE_HEALTH_TABLE]), recorder)
     while True:
         started = time.monotonic()
         await prober.run_round()

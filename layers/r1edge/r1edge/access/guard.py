@@ -15,27 +15,23 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from r1edge import env
 from r1edge.access.keys import (
-    KEYS_SECRET_ENV,
-    KEYS_TABLE_ENV,
     ApiKey,
     Authenticator,
     DynamoKeyStore,
     read_secret,
 )
-from r1edge.access.ratelimit import LIMITS_TABLE_ENV, DynamoBucketStore, Limits, RateLimiter
-from r1edge.access.usage import USAGE_TABLE_ENV, DynamoUsageStore, UsageRecorder
+from r1edge.access.ratelimit import DynamoBucketStore, Limits, RateLimiter
+from r1edge.access.usage import DynamoUsageStore, UsageRecorder
 from r1edge.protocol.errors import ConfigError
-
-#: Environment variable that turns on logging of prompt and completion text (``true``).
-LOG_CONTENT_ENV = "R1EDGE_LOG_CONTENT"
 
 
 def log_content_enabled(environ: dict[str, str] | None = None) -> bool:
     """Whether prompt and completion text may be logged (``R1EDGE_LOG_CONTENT=true``; off by
     default: prompts are the users' data)."""
     environ = os.environ if environ is None else environ
-    return environ.get(LOG_CONTENT_ENV, "").strip().lower() == "true"
+    return environ.get(env.R1EDGE_LOG_CONTENT, "").strip().lower() == "true"
 
 
 @dataclass
@@ -56,17 +52,18 @@ class Guard:
             ConfigError: the keys table is set but another of the four is not.
         """
         environ = os.environ if environ is None else environ
-        table = environ.get(KEYS_TABLE_ENV)
+        table = environ.get(env.R1EDGE_KEYS_TABLE)
         if not table:
             return None
-        missing = [name for name in (KEYS_SECRET_ENV, LIMITS_TABLE_ENV, USAGE_TABLE_ENV) if not environ.get(name)]
+        needed = (env.R1EDGE_KEYS_SECRET, env.R1EDGE_LIMITS_TABLE, env.R1EDGE_USAGE_TABLE)
+        missing = [name for name in needed if not environ.get(name)]
         if missing:
-            raise ConfigError(f"{KEYS_TABLE_ENV} is set, so API keys are on; also set {', '.join(missing)}")
-        secret_name = environ[KEYS_SECRET_ENV]
+            raise ConfigError(f"{env.R1EDGE_KEYS_TABLE} is set, so API keys are on; also set {', '.join(missing)}")
+        secret_name = environ[env.R1EDGE_KEYS_SECRET]
         return cls(
             Authenticator(DynamoKeyStore(table), lambda: read_secret(secret_name)),
-            RateLimiter(DynamoBucketStore(environ[LIMITS_TABLE_ENV])),
-            UsageRecorder(DynamoUsageStore(environ[USAGE_TABLE_ENV])),
+            RateLimiter(DynamoBucketStore(environ[env.R1EDGE_LIMITS_TABLE])),
+            UsageRecorder(DynamoUsageStore(environ[env.R1EDGE_USAGE_TABLE])),
         )
 
 

@@ -35,12 +35,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from r1edge import env
 from r1edge.aws.ddb import Table
 from r1edge.protocol.errors import OpenAIError
 
-#: Environment variables naming the keys table and the HMAC secret (name or ARN).
-KEYS_TABLE_ENV = "R1EDGE_KEYS_TABLE"
-KEYS_SECRET_ENV = "R1EDGE_KEYS_SECRET"
 #: Seconds Powertools Parameters caches the HMAC secret in a container.
 SECRET_MAX_AGE = 300
 #: Prefix of every key this module issues (keys given verbatim, e.g. the development key, may differ).
@@ -308,9 +306,13 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     """``create`` | ``list`` | ``revoke`` (see the module docstring); returns the exit status."""
     environ = dict(os.environ) if environ is None else environ
     parser = argparse.ArgumentParser(prog="python -m r1edge.access.keys", description="Manage r1edge API keys.")
-    parser.add_argument("--table", default=environ.get(KEYS_TABLE_ENV), help=f"keys table (default ${KEYS_TABLE_ENV})")
     parser.add_argument(
-        "--secret", default=environ.get(KEYS_SECRET_ENV), help=f"HMAC secret name/ARN (default ${KEYS_SECRET_ENV})"
+        "--table", default=environ.get(env.R1EDGE_KEYS_TABLE), help=f"keys table (default ${env.R1EDGE_KEYS_TABLE})"
+    )
+    parser.add_argument(
+        "--secret",
+        default=environ.get(env.R1EDGE_KEYS_SECRET),
+        help=f"HMAC secret name/ARN (default ${env.R1EDGE_KEYS_SECRET})",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create", help="create a key and print it once")
@@ -323,11 +325,11 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     revoke.add_argument("key_id")
     args = parser.parse_args(argv)
     if not args.table:
-        parser.error(f"no keys table: set {KEYS_TABLE_ENV} or --table")
+        parser.error(f"no keys table: set {env.R1EDGE_KEYS_TABLE} or --table")
     store = DynamoKeyStore(args.table)
     if args.command == "create":
         if not args.secret:
-            parser.error(f"no HMAC secret: set {KEYS_SECRET_ENV} or --secret")
+            parser.error(f"no HMAC secret: set {env.R1EDGE_KEYS_SECRET} or --secret")
         try:
             key, record = create_key(store, read_secret(args.secret), args.tenant, args.rpm, args.tpm, args.key)
         except ValueError as exc:

@@ -43,8 +43,6 @@ from typing import Any, Protocol
 from r1edge.aws.ddb import Table
 from r1edge.protocol.errors import Overloaded, RateLimited
 
-#: Environment variable naming the limits table.
-LIMITS_TABLE_ENV = "R1EDGE_LIMITS_TABLE"
 #: The bucket window: a full bucket holds one minute of its rate (seconds).
 WINDOW = 60.0
 #: Seconds an item is kept after its last write (DynamoDB TTL attribute ``expires``); an expired

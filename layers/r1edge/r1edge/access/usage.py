@@ -17,9 +17,6 @@ from typing import Any, Protocol
 
 from r1edge.aws.ddb import Table
 
-#: Environment variable naming the usage table.
-USAGE_TABLE_ENV = "R1EDGE_USAGE_TABLE"
-
 USAGE_TABLE_SCHEMA: dict[str, Any] = {
     "KeySchema": [
         {"AttributeName": "tenant", "KeyType": "HASH"},

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from r1edge import env
 from r1edge.access import charging
 from r1edge.access.guard import Guard, log_content_enabled
 from r1edge.access.middleware import ApiKeyMiddleware
@@ -91,9 +92,9 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         own_upstream = upstream is None
         live = reloader
-        source = os.environ.get("R1EDGE_CONFIG", "")
+        source = os.environ.get(env.R1EDGE_CONFIG, "")
         if config is None and live is None and source.startswith("s3://"):
-            max_age = float(os.environ.get("R1EDGE_CONFIG_MAX_AGE", "60"))
+            max_age = float(os.environ.get(env.R1EDGE_CONFIG_MAX_AGE, "60"))
             live = await anyio.to_thread.run_sync(lambda: ConfigReloader(source, max_age, dict(os.environ)))
         app.state.reloader = live
         initial = config or (live.config if live is not None else config_from_env())

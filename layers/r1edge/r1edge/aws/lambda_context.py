@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 
+from r1edge import env
+
 #: Seconds kept back from Lambda's deadline to send an error response and flush logs.
 DEADLINE_MARGIN_SECONDS = 1.0
 
@@ -49,4 +51,4 @@ def in_lambda(environ: dict[str, str]) -> bool:
     """Whether this process runs in AWS Lambda (``AWS_LAMBDA_FUNCTION_NAME`` is set by the
     runtime). Only there does ``x-amzn-lambda-context`` come from the adapter rather than from
     whoever sent the request."""
-    return bool(environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+    return bool(environ.get(env.AWS_LAMBDA_FUNCTION_NAME))

@@ -31,6 +31,7 @@ from typing import Any
 import anyio
 from aws_lambda_powertools import Logger
 
+from r1edge import env
 from r1edge.cache.coalesce import Coalescer, Settle
 from r1edge.cache.key import BYPASS, HIT, MISS, Policy, cache_control, cache_key, cache_policy, complete_answer
 from r1edge.cache.ports import CacheGateway, RoutedAnswer
@@ -106,7 +107,7 @@ class ResponseCache:
         """A cache whose L1 lives in ``R1EDGE_CACHE_DIR`` when set (kept across restarts), else in
         a fresh temporary directory removed by :meth:`close` (each run starts empty)."""
         environ = os.environ if environ is None else environ
-        directory = environ.get("R1EDGE_CACHE_DIR")
+        directory = environ.get(env.R1EDGE_CACHE_DIR)
         cleanup = None
         if not directory:
             directory = cleanup = tempfile.mkdtemp(prefix="r1edge-cache-")

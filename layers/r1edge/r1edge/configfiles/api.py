@@ -25,6 +25,7 @@ from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from r1edge import env
 from r1edge.configfiles.httpcache import CachePolicy, http_date, not_modified, policy_for
 from r1edge.configfiles.store import ConfigStore, S3Source
 from r1edge.protocol.errors import ConfigError, InvalidRequest, MethodNotAllowed, NotFound
@@ -66,11 +67,11 @@ class ConfigSettings(BaseModel):
         environ = os.environ if environ is None else environ
         try:
             return cls(
-                bucket=environ.get("CONFIG_BUCKET", ""),
-                prefix=environ.get("CONFIG_PREFIX", ""),
-                policies=json.loads(environ.get("CONFIG_CACHE_POLICIES") or "{}"),
-                max_age=float(environ.get("CONFIG_MAX_AGE", "60")),
-                cache_dir=environ.get("CONFIG_CACHE_DIR", "/tmp/r1edge-configs") or None,
+                bucket=environ.get(env.CONFIG_BUCKET, ""),
+                prefix=environ.get(env.CONFIG_PREFIX, ""),
+                policies=json.loads(environ.get(env.CONFIG_CACHE_POLICIES) or "{}"),
+                max_age=float(environ.get(env.CONFIG_MAX_AGE, "60")),
+                cache_dir=environ.get(env.CONFIG_CACHE_DIR, "/tmp/r1edge-configs") or None,
             )
         except (ValidationError, ValueError) as exc:
             raise ConfigError(f"config function settings: {exc}") from None

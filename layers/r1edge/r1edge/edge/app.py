@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from r1edge import env
 from r1edge.edge.model import resolve_model_path
 from r1edge.edge.runtime import GenerationStats, LlamaRuntime
 from r1edge.observe import metrics
@@ -130,14 +131,14 @@ def runtime_from_env(environ: dict[str, str] | None = None) -> LlamaRuntime:
         ValueError: a malformed number in ``EDGE_*``.
     """
     environ = os.environ if environ is None else environ
-    threads = environ.get("EDGE_N_THREADS")
+    threads = environ.get(env.EDGE_N_THREADS)
     return LlamaRuntime(
         resolve_model_path(environ),
-        n_ctx=int(environ.get("EDGE_N_CTX", "2048")),
+        n_ctx=int(environ.get(env.EDGE_N_CTX, "2048")),
         n_threads=int(threads) if threads else None,
-        max_tokens=int(environ.get("EDGE_MAX_TOKENS", "1024")),
-        max_queue=int(environ.get("EDGE_MAX_QUEUE", "4")),
-        reasoning=environ.get("EDGE_REASONING", "auto"),
+        max_tokens=int(environ.get(env.EDGE_MAX_TOKENS, "1024")),
+        max_queue=int(environ.get(env.EDGE_MAX_QUEUE, "4")),
+        reasoning=environ.get(env.EDGE_REASONING, "auto"),
     )
 
 
@@ -218,7 +219,7 @@ def create_app(runtime: LlamaRuntime | None = None, max_body_bytes: int | None =
             if it is not loaded yet, so the server accepts requests only once the model is in.
         max_body_bytes: request size limit in bytes (default ``EDGE_MAX_BODY_BYTES`` or 10 MiB).
     """
-    limit = max_body_bytes or int(os.environ.get("EDGE_MAX_BODY_BYTES", str(10 * 1024 * 1024)))
+    limit = max_body_bytes or int(os.environ.get(env.EDGE_MAX_BODY_BYTES, str(10 * 1024 * 1024)))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

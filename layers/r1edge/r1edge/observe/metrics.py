@@ -57,6 +57,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from r1edge import env
+
 #: Default CloudWatch namespace (``POWERTOOLS_METRICS_NAMESPACE`` overrides it).
 DEFAULT_NAMESPACE = "r1edge"
 #: Label value for "no tier / no endpoint answered".
@@ -85,7 +87,7 @@ class Recorder:
 
     def __init__(self, service: str, namespace: str | None = None, registry: CollectorRegistry | None = None) -> None:
         self.service = service
-        self.namespace = namespace or os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or DEFAULT_NAMESPACE
+        self.namespace = namespace or os.environ.get(env.POWERTOOLS_METRICS_NAMESPACE) or DEFAULT_NAMESPACE
         self.registry = registry or CollectorRegistry()
         self._lock = threading.Lock()
         self._pending: list[tuple[tuple[tuple[str, str], ...], str, str, float]] = []

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from r1edge import env
 from r1edge.aws.clients import make_client
 from r1edge.protocol.errors import ConfigError, InvalidRequest
 from r1edge.protocol.validation import ChatRequest, message_text
@@ -380,12 +381,12 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 #: Environment variables that override single values of a loaded config (docs/ARCHITECTURE.md: "Environment
 #: variables override single values").
 ENV_OVERRIDES = {
-    "R1EDGE_DEADLINE": ("deadline",),
-    "R1EDGE_MAX_BODY_BYTES": ("max_body_bytes",),
-    "R1EDGE_CACHE_ENABLED": ("cache", "enabled"),
-    "R1EDGE_CACHE_TTL": ("cache", "ttl"),
-    "R1EDGE_CACHE_L2": ("cache", "l2"),
-    "R1EDGE_CACHE_TABLE": ("cache", "table"),
+    env.R1EDGE_DEADLINE: ("deadline",),
+    env.R1EDGE_MAX_BODY_BYTES: ("max_body_bytes",),
+    env.R1EDGE_CACHE_ENABLED: ("cache", "enabled"),
+    env.R1EDGE_CACHE_TTL: ("cache", "ttl"),
+    env.R1EDGE_CACHE_L2: ("cache", "l2"),
+    env.R1EDGE_CACHE_TABLE: ("cache", "table"),
 }
 
 
@@ -490,7 +491,7 @@ def config_from_env(environ: dict[str, str] | None = None) -> RoutingConfig:
         ConfigError: the variable is unset, or the config is unreadable or invalid.
     """
     environ = os.environ if environ is None else environ
-    source = environ.get("R1EDGE_CONFIG")
+    source = environ.get(env.R1EDGE_CONFIG)
     if not source:
         raise ConfigError("R1EDGE_CONFIG is not set: point it at a routing config file or s3://bucket/key")
     return load_config(source, environ)

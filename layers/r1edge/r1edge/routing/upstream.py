@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from r1edge import env
 from r1edge.protocol.errors import UpstreamError
 from r1edge.routing.config import Endpoint
 
@@ -79,7 +80,7 @@ class Upstream:
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
 
-        region = endpoint.auth.region or self._environ.get("AWS_REGION") or self._environ.get("AWS_DEFAULT_REGION")
+        region = endpoint.auth.region or self._environ.get(env.AWS_REGION) or self._environ.get(env.AWS_DEFAULT_REGION)
         if not region:
             raise UpstreamError(f"endpoint {endpoint.name!r}: sigv4 needs auth.region or AWS_REGION")
         try:
