@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from r1edge import env
 from r1edge.aws.ddb import Table
+from r1edge.headers import AUTHORIZATION, X_API_KEY
 from r1edge.protocol.errors import OpenAIError
 
 #: Seconds Powertools Parameters caches the HMAC secret in a container.
@@ -209,13 +210,13 @@ def bearer_key(headers: Any) -> str | None:
     """The API key a request carries: ``Authorization: Bearer <key>`` (scheme case-insensitive,
     RFC 9110 section 11.1), else ``x-api-key: <key>``. ``headers`` is any case-insensitive
     mapping (Starlette ``Headers``); header names are matched case-insensitively by it."""
-    authorization = (headers.get("authorization") or "").strip()
+    authorization = (headers.get(AUTHORIZATION) or "").strip()
     if authorization:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
         return None
-    key = (headers.get("x-api-key") or "").strip()
+    key = (headers.get(X_API_KEY) or "").strip()
     return key or None
 
 

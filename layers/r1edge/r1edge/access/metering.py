@@ -16,6 +16,7 @@ from starlette.datastructures import Headers
 from starlette.types import Message
 
 from r1edge.access.usage import Usage, usage_of
+from r1edge.headers import CONTENT_TYPE, X_R1EDGE_ROUTE
 from r1edge.protocol.sse import SSEDecoder
 
 #: Most bytes of a JSON answer kept to read its ``usage`` (larger answers are estimated).
@@ -39,8 +40,8 @@ class Meter:
         """Take the ``http.response.start`` message: status, route, and whether it is SSE."""
         self.status = message["status"]
         headers = Headers(raw=message.get("headers", []))
-        self.route = headers.get("x-r1edge-route")
-        self.stream = headers.get("content-type", "").startswith("text/event-stream")
+        self.route = headers.get(X_R1EDGE_ROUTE)
+        self.stream = headers.get(CONTENT_TYPE, "").startswith("text/event-stream")
 
     def feed(self, body: bytes) -> None:
         """Take the bytes of one ``http.response.body`` message."""

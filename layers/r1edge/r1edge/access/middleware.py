@@ -32,6 +32,7 @@ from r1edge.access.context import AccessContext, context_of, put
 from r1edge.access.guard import Guard, limits_of
 from r1edge.access.keys import bearer_key
 from r1edge.access.metering import Meter
+from r1edge.headers import RETRY_AFTER
 from r1edge.protocol.errors import OpenAIError, Overloaded
 from r1edge.protocol.web import error_response
 
@@ -120,6 +121,6 @@ class ApiKeyMiddleware:
             await error_response(exc)(scope, receive, send)
         except Exception as exc:  # noqa: BLE001 - a store outage is a 503, never a 500 or a way in
             logger.error("key or limits store unavailable", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
-            error = Overloaded("API keys cannot be checked right now; please retry.", headers={"Retry-After": "1"})
+            error = Overloaded("API keys cannot be checked right now; please retry.", headers={RETRY_AFTER: "1"})
             await error_response(error)(scope, receive, send)
         return False

@@ -41,6 +41,15 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from r1edge.aws.ddb import Table
+from r1edge.headers import (
+    RETRY_AFTER,
+    X_RATELIMIT_LIMIT_REQUESTS,
+    X_RATELIMIT_LIMIT_TOKENS,
+    X_RATELIMIT_REMAINING_REQUESTS,
+    X_RATELIMIT_REMAINING_TOKENS,
+    X_RATELIMIT_RESET_REQUESTS,
+    X_RATELIMIT_RESET_TOKENS,
+)
 from r1edge.protocol.errors import Overloaded, RateLimited
 
 #: The bucket window: a full bucket holds one minute of its rate (seconds).
@@ -101,12 +110,12 @@ class LimitStatus:
     def headers(self) -> dict[str, str]:
         """OpenAI's six ``x-ratelimit-*`` headers (remaining counts are whole, never negative)."""
         return {
-            "x-ratelimit-limit-requests": str(self.limits.requests_per_minute),
-            "x-ratelimit-remaining-requests": str(max(0, math.floor(self.requests))),
-            "x-ratelimit-reset-requests": format_reset(self.reset_requests()),
-            "x-ratelimit-limit-tokens": str(self.limits.tokens_per_minute),
-            "x-ratelimit-remaining-tokens": str(max(0, math.floor(self.tokens))),
-            "x-ratelimit-reset-tokens": format_reset(self.reset_tokens()),
+            X_RATELIMIT_LIMIT_REQUESTS: str(self.limits.requests_per_minute),
+            X_RATELIMIT_REMAINING_REQUESTS: str(max(0, math.floor(self.requests))),
+            X_RATELIMIT_RESET_REQUESTS: format_reset(self.reset_requests()),
+            X_RATELIMIT_LIMIT_TOKENS: str(self.limits.tokens_per_minute),
+            X_RATELIMIT_REMAINING_TOKENS: str(max(0, math.floor(self.tokens))),
+            X_RATELIMIT_RESET_TOKENS: format_reset(self.reset_tokens()),
         }
 
 
@@ -227,7 +236,7 @@ class DynamoBucketStore:
                 return True, _floats(answer.get("Attributes"))
             except ClientError as exc:
                 failed(exc)  # another container made it busy in between: try the first form again
-        raise Overloaded("The rate limiter is busy; please retry.", headers={"Retry-After": "1"})
+        raise Overloaded("The rate limiter is busy; please retry.", headers={RETRY_AFTER: "1"})
 
     def add(self, bucket_key: str, field: str, seconds: float, now: float) -> None:
         from botocore.exceptions import ClientError
@@ -284,7 +293,7 @@ class RateLimiter:
         raise RateLimited(
             f"Rate limit reached for {kind} per minute (limit {capacity}). Please try again in {wait}s.",
             type=kind,
-            headers={**status.headers(), "Retry-After": str(wait)},
+            headers={**status.headers(), RETRY_AFTER: str(wait)},
         )
 
     def settle(self, bucket_key: str, limits: Limits, delta_tokens: float) -> None:

@@ -29,6 +29,7 @@ from r1edge.access.guard import Guard, log_content_enabled
 from r1edge.access.middleware import ApiKeyMiddleware
 from r1edge.aws.lambda_context import in_lambda, request_deadline
 from r1edge.cache.response import ResponseCache
+from r1edge.headers import CACHE_CONTROL, X_AMZN_LAMBDA_CONTEXT, X_R1EDGE_ALLOW_DEGRADE
 from r1edge.jobs import api as jobsapi
 from r1edge.jobs.service import JobService
 from r1edge.observe.health import HealthView, view_from_env
@@ -128,15 +129,15 @@ def create_app(
         gateway = await current(request)
         raw = await web.read_body(request, gateway.config.max_body_bytes)
         chat = validate_chat_request(parse_json_body(raw))
-        context = request.headers.get("x-amzn-lambda-context") if in_lambda(os.environ) else None
+        context = request.headers.get(X_AMZN_LAMBDA_CONTEXT) if in_lambda(os.environ) else None
         deadline = request_deadline(context, gateway.config.deadline, wall_clock())
-        degrade = request.headers.get("x-r1edge-allow-degrade", "").strip().lower() in ("1", "true", "yes")
+        degrade = request.headers.get(X_R1EDGE_ALLOW_DEGRADE, "").strip().lower() in ("1", "true", "yes")
         classifier = gateway.config.classifier
         await charging.admit_chat(
             request, chat.messages, chat.max_tokens or classifier.default_completion_tokens, classifier
         )
         cache: ResponseCache = request.app.state.cache
-        rid, tenant, cache_control = web.request_id(), web.tenant(request), request.headers.get("cache-control")
+        rid, tenant, cache_control = web.request_id(), web.tenant(request), request.headers.get(CACHE_CONTROL)
         try:
             if chat.stream:  # Starlette closes a stream (and so the upstream) when the client goes
                 routed = await cache.complete(gateway, chat, tenant, cache_control, rid, deadline, degrade)

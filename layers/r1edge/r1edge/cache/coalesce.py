@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from r1edge.cache.key import MISS
+from r1edge.headers import X_CACHE
 from r1edge.protocol.errors import UpstreamTimeout
 
 #: Hands the leader's outcome to the waiting requests: the completion, or ``None`` when it failed.
@@ -45,7 +46,7 @@ class Coalescer:
         except TimeoutError:
             raise UpstreamTimeout(
                 "No answer within the deadline while an identical request was in flight.",
-                headers={"x-cache": MISS},
+                headers={X_CACHE: MISS},
             ) from None
 
     def lead(self, key: str) -> Settle:

@@ -37,6 +37,7 @@ from r1edge.cache.key import BYPASS, HIT, MISS, Policy, cache_control, cache_key
 from r1edge.cache.ports import CacheGateway, RoutedAnswer
 from r1edge.cache.replay import StreamAssembler, replay_sse
 from r1edge.cache.stores import DiskStore, DynamoStore, Entry, Store
+from r1edge.headers import AGE, X_CACHE, X_R1EDGE_ATTEMPTS, X_R1EDGE_REASON, X_R1EDGE_ROUTE
 from r1edge.protocol.sse import parse_events
 from r1edge.protocol.validation import ChatRequest
 from r1edge.routing.config import Cache
@@ -172,11 +173,11 @@ class ResponseCache:
 
     def _hit(self, entry: Entry, request: ChatRequest, reason: str) -> Answer:
         headers = {
-            "x-cache": HIT,
-            "x-r1edge-route": "cache",
-            "x-r1edge-reason": reason,
-            "x-r1edge-attempts": "0",
-            "age": str(max(0, int(self.wall_clock() - entry.stored_at))),
+            X_CACHE: HIT,
+            X_R1EDGE_ROUTE: "cache",
+            X_R1EDGE_REASON: reason,
+            X_R1EDGE_ATTEMPTS: "0",
+            AGE: str(max(0, int(self.wall_clock() - entry.stored_at))),
         }
         completion = copy.deepcopy(entry.completion)
         if request.stream:
@@ -220,7 +221,7 @@ class ResponseCache:
         policy = cache_policy(request, decision.tier, settings, cache_control(cache_control_header))
         if not (policy.lookup or policy.store):
             routed = await gateway.complete(request, request_id, deadline, allow_degrade)
-            return Answer.of(routed, {"x-cache": BYPASS})
+            return Answer.of(routed, {X_CACHE: BYPASS})
         upstream_models = [e.upstream_model for e in gateway.config.tier_endpoints(decision.tier)]
         key = cache_key(tenant, request.model, decision.tier, upstream_models, request.body)
         started = gateway.clock()
@@ -262,7 +263,7 @@ class ResponseCache:
         except BaseException:
             settle(None)
             raise
-        headers = {"x-cache": MISS}
+        headers = {X_CACHE: MISS}
         if routed.stream is None:
             completion = routed.completion
             whole = completion is not None and complete_answer(completion)

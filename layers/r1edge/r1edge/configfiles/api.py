@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from r1edge import env
 from r1edge.configfiles.httpcache import CachePolicy, http_date, not_modified, policy_for
 from r1edge.configfiles.store import ConfigStore, S3Source
+from r1edge.headers import AGE, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, LAST_MODIFIED
 from r1edge.protocol.errors import ConfigError, InvalidRequest, MethodNotAllowed, NotFound
 
 ROUTE_PREFIX = "/v1/configs/"
@@ -147,7 +148,7 @@ def serve(
     """
     method = method.upper()
     if method not in ("GET", "HEAD"):
-        raise MethodNotAllowed(f"{method} is not allowed here; use GET or HEAD.", headers={"Allow": "GET, HEAD"})
+        raise MethodNotAllowed(f"{method} is not allowed here; use GET or HEAD.", headers={ALLOW: "GET, HEAD"})
     name = validate_name(raw_name)
     policy = policy_for(name, settings.policies, settings.default_policy)
     try:
@@ -155,16 +156,16 @@ def serve(
     except NotFound:
         raise NotFound(f"No config named {name!r}.") from None  # the bucket's prefix stays private
     lower = {k.lower(): v for k, v in headers.items()}
-    out = {"ETag": obj.etag, "Cache-Control": policy.header()}
+    out = {ETAG: obj.etag, CACHE_CONTROL: policy.header()}
     if obj.last_modified is not None:
-        out["Last-Modified"] = http_date(obj.last_modified)
+        out[LAST_MODIFIED] = http_date(obj.last_modified)
     age = int(clock() - obj.fetched_at)
     if age > 0:
-        out["Age"] = str(age)  # RFC 9111 §5.1: seconds since S3 last confirmed this copy
+        out[AGE] = str(age)  # RFC 9111 §5.1: seconds since S3 last confirmed this copy
     if not_modified(lower, obj.etag, obj.last_modified):
         return ConfigResponse(304, out)
-    out["Content-Type"] = content_type(name)
-    out["Content-Length"] = str(len(obj.body))
+    out[CONTENT_TYPE] = content_type(name)
+    out[CONTENT_LENGTH] = str(len(obj.body))
     return ConfigResponse(200, out, b"" if method == "HEAD" else obj.body)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from r1edge.configfiles.api import ROUTE_PREFIX, ConfigResponse, ConfigSettings
+from r1edge.headers import CONTENT_TYPE
 from r1edge.protocol.errors import OpenAIError
 
 #: Lambda@Edge quota: a response generated in an origin-request trigger, body and headers, bytes.
@@ -80,7 +81,7 @@ def handle_origin_request(
         answer = serve(request.get("method", "GET"), uri[len(ROUTE_PREFIX) :], headers)
     except OpenAIError as exc:
         body = json.dumps(exc.body()).encode()
-        answer = ConfigResponse(exc.status, {"Content-Type": "application/json", **exc.headers}, body)
+        answer = ConfigResponse(exc.status, {CONTENT_TYPE: "application/json", **exc.headers}, body)
     generated = _generated(answer)
     if len(json.dumps(generated)) > MAX_GENERATED_RESPONSE_BYTES:
         return request  # too large to generate here: the origin serves it

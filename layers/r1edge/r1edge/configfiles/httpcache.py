@@ -21,6 +21,8 @@ from email.utils import format_datetime, parsedate_to_datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from r1edge.headers import IF_MODIFIED_SINCE, IF_NONE_MATCH
+
 #: One entity-tag in a list: optional ``W/``, then a quoted opaque tag (RFC 9110 §8.8.3).
 _ENTITY_TAG = re.compile(r'\s*(W/)?("[^"]*")\s*(?:,|$)')
 
@@ -83,10 +85,10 @@ def not_modified(headers: Mapping[str, str], etag: str, last_modified: datetime 
     """Whether a GET or HEAD with these request headers (names in lower case) gets 304:
     ``If-None-Match`` when present, otherwise ``If-Modified-Since`` against ``last_modified``
     (whole seconds, as HTTP dates carry)."""
-    if_none_match = headers.get("if-none-match")
+    if_none_match = headers.get(IF_NONE_MATCH)
     if if_none_match is not None:
         return none_match(if_none_match, etag)
-    since = headers.get("if-modified-since")
+    since = headers.get(IF_MODIFIED_SINCE)
     if since is None or last_modified is None:
         return False
     moment = parse_http_date(since)

@@ -28,6 +28,7 @@ from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
 from r1edge.configfiles import cloudfront
 from r1edge.configfiles.api import ROUTE_PREFIX, ConfigResponse
 from r1edge.configfiles.apigw import event_body
+from r1edge.headers import CONTENT_TYPE
 from r1edge.protocol.errors import NotFound, OpenAIError
 
 #: ``(method, raw_name, headers) -> ConfigResponse``; raises OpenAIError (see the module docstring).
@@ -74,7 +75,7 @@ def _proxy_error(exc: OpenAIError) -> dict[str, Any]:
     """A proxy-integration result (payload 2.0 or 1.0 shape alike) for an error found before routing."""
     return {
         "statusCode": exc.status,
-        "headers": {"Content-Type": "application/json", **exc.headers},
+        "headers": {CONTENT_TYPE: "application/json", **exc.headers},
         "body": json.dumps(exc.body()),
         "isBase64Encoded": False,
     }

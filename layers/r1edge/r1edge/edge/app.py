@@ -36,6 +36,13 @@ from starlette.routing import Route
 from r1edge import env
 from r1edge.edge.model import resolve_model_path
 from r1edge.edge.runtime import GenerationStats, LlamaRuntime
+from r1edge.headers import (
+    RETRY_AFTER,
+    X_R1EDGE_CONFIDENCE,
+    X_R1EDGE_CONFIDENCE_TOKENS,
+    X_R1EDGE_CONFIDENCE_WINDOW,
+    X_R1EDGE_MAX_TOKENS_CLAMPED,
+)
 from r1edge.observe import metrics
 from r1edge.protocol import web
 from r1edge.protocol.errors import InvalidRequest, Overloaded, error_body
@@ -46,7 +53,6 @@ from r1edge.protocol.validation import ChatRequest, message_text, parse_json_bod
 #: The edge's logger: the parent of the runtime's ``r1edge-edge`` child logger.
 logger = Logger(service="r1edge-edge")
 
-CONFIDENCE_WINDOW_HEADER = "x-r1edge-confidence-window"
 #: Longest confidence window (tokens) a request may ask for.
 MAX_CONFIDENCE_WINDOW = 256
 
@@ -158,10 +164,10 @@ def confidence_window(request: Request) -> int:
     Raises:
         InvalidRequest: not an integer from 0 to :data:`MAX_CONFIDENCE_WINDOW`.
     """
-    raw = request.headers.get(CONFIDENCE_WINDOW_HEADER, "0").strip()
+    raw = request.headers.get(X_R1EDGE_CONFIDENCE_WINDOW, "0").strip()
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 3 or int(raw) > MAX_CONFIDENCE_WINDOW:
         raise InvalidRequest(
-            f"Header {CONFIDENCE_WINDOW_HEADER} must be an integer from 0 to {MAX_CONFIDENCE_WINDOW}.",
+            f"Header {X_R1EDGE_CONFIDENCE_WINDOW} must be an integer from 0 to {MAX_CONFIDENCE_WINDOW}.",
             param=None,
             code="invalid_header",
         )
@@ -172,7 +178,7 @@ def confidence_headers(stats: GenerationStats) -> dict[str, str]:
     """``x-r1edge-confidence`` (4 decimals) and ``x-r1edge-confidence-tokens``, once a token exists."""
     if stats.confidence is None:
         return {}
-    return {"x-r1edge-confidence": f"{stats.confidence:.4f}", "x-r1edge-confidence-tokens": str(stats.scored_tokens)}
+    return {X_R1EDGE_CONFIDENCE: f"{stats.confidence:.4f}", X_R1EDGE_CONFIDENCE_TOKENS: str(stats.scored_tokens)}
 
 
 def split_message(completion: dict[str, Any], mode: ThinkMode) -> dict[str, Any]:
@@ -238,7 +244,7 @@ def create_app(runtime: LlamaRuntime | None = None, max_body_bytes: int | None =
         kwargs = completion_kwargs(chat, rt.model_id, rt.max_tokens)
         headers = {}
         if chat.max_tokens is not None and chat.max_tokens > rt.max_tokens:
-            headers["x-r1edge-max-tokens-clamped"] = str(rt.max_tokens)
+            headers[X_R1EDGE_MAX_TOKENS_CLAMPED] = str(rt.max_tokens)
         stats = GenerationStats()
         if not chat.stream:
             cancel = threading.Event()
@@ -291,7 +297,7 @@ def create_app(runtime: LlamaRuntime | None = None, max_body_bytes: int | None =
     async def health(request: Request) -> Response:
         rt: LlamaRuntime | None = getattr(request.app.state, "runtime", None)
         if rt is None or not rt.loaded:
-            raise Overloaded("The model is still loading.", headers={"Retry-After": "1"})
+            raise Overloaded("The model is still loading.", headers={RETRY_AFTER: "1"})
         return JSONResponse({"status": "ok", "model": rt.model_id, "n_ctx": rt.n_ctx, "load_seconds": rt.load_seconds})
 
     async def prometheus(request: Request) -> Response:

@@ -40,6 +40,7 @@ import anyio
 from aws_lambda_powertools import Logger
 
 from r1edge.edge.model import ModelError
+from r1edge.headers import RETRY_AFTER
 from r1edge.protocol.errors import ContextLengthExceeded, Overloaded
 from r1edge.protocol.reasoning import ThinkMode, think_mode
 
@@ -286,7 +287,7 @@ class LlamaRuntime:
         """
         if self._lock.value == 0 and self._waiting >= self.max_queue:
             raise Overloaded(
-                f"The edge model is busy ({self._waiting} requests already waiting).", headers={"Retry-After": "1"}
+                f"The edge model is busy ({self._waiting} requests already waiting).", headers={RETRY_AFTER: "1"}
             )
         self._waiting += 1
         try:

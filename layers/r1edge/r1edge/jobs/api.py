@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from r1edge.access import charging
+from r1edge.headers import IDEMPOTENCY_KEY, LOCATION, PREFER, PREFERENCE_APPLIED, X_R1EDGE_ROUTE
 from r1edge.jobs.service import JobsDisabled, JobService, parse_submission
 from r1edge.jobs.settings import JobSettings
 from r1edge.protocol import web
@@ -49,7 +50,7 @@ def accepted(request: Request, result: dict[str, Any], extra: dict[str, str] | N
     """202 with the job (``Location`` set) or the list of jobs."""
     headers = dict(extra or {})
     if result.get("object") == "job":
-        headers["Location"] = job_location(request, result["id"])
+        headers[LOCATION] = job_location(request, result["id"])
     return JSONResponse(result, status_code=202, headers=headers)
 
 
@@ -67,7 +68,7 @@ async def create_jobs(request: Request) -> Response:
                 param="model" if len(requests) == 1 and "requests" not in body else f"requests[{i}].model",
             )
     await charging.admit_jobs(request, requests, config.classifier)
-    key = request.headers.get("idempotency-key")
+    key = request.headers.get(IDEMPOTENCY_KEY)
     tenant = web.tenant(request)
     result = await anyio.to_thread.run_sync(lambda: service.submit(tenant, body, web.request_id(), key))
     return accepted(request, result)
@@ -91,7 +92,7 @@ def routes() -> list[Route]:
 def prefers_async(request: Request) -> bool:
     """Whether the request carries ``Prefer: respond-async`` (RFC 7240; preferences are
     case-insensitive tokens, several per header, comma-separated, possibly with parameters)."""
-    for header in request.headers.getlist("prefer"):
+    for header in request.headers.getlist(PREFER):
         for preference in header.split(","):
             if preference.split(";", 1)[0].split("=", 1)[0].strip().lower() == "respond-async":
                 return True
@@ -110,6 +111,6 @@ async def respond_async(request: Request, body: dict[str, Any]) -> Response | No
     job_body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
     charging.keep_charge(request)  # the tokens admitted for the chat request now pay for its job
     tenant = web.tenant(request)
-    key = request.headers.get("idempotency-key")  # a client's retry finds the job its first try queued
+    key = request.headers.get(IDEMPOTENCY_KEY)  # a client's retry finds the job its first try queued
     result = await anyio.to_thread.run_sync(lambda: service.submit(tenant, job_body, web.request_id(), key))
-    return accepted(request, result, {"Preference-Applied": "respond-async", "x-r1edge-route": "queue"})
+    return accepted(request, result, {PREFERENCE_APPLIED: "respond-async", X_R1EDGE_ROUTE: "queue"})

@@ -20,6 +20,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from r1edge.aws.clients import make_client
+from r1edge.headers import IDEMPOTENCY_KEY, RETRY_AFTER
 from r1edge.jobs.queue import JobQueue
 from r1edge.jobs.settings import JobSettings, new_job_id
 from r1edge.jobs.store import JobStore
@@ -32,7 +33,7 @@ logger = Logger(service="r1edge-jobs", child=True)
 #: Largest ``{"requests": [...]}`` list in one submission.
 MAX_BATCH = 100
 #: ``Idempotency-Key`` values: 1 to 255 visible ASCII characters.
-IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
 class IdempotencyConflict(OpenAIError):
@@ -219,15 +220,15 @@ class JobService:
         requests, many = parse_submission(body, self.settings.max_tokens)
         if idempotency_key is None:
             return self._enqueue(tenant, requests, many, request_id)
-        if not IDEMPOTENCY_KEY.match(idempotency_key):
+        if not IDEMPOTENCY_KEY_PATTERN.match(idempotency_key):
             raise InvalidRequest(
                 "The Idempotency-Key header must be 1 to 255 visible ASCII characters.",
-                param="Idempotency-Key",
+                param=IDEMPOTENCY_KEY,
                 code="invalid_value",
             )
         if self._idempotent is None:
             raise InvalidRequest(
-                "Idempotency-Key is not supported here: no IDEMPOTENCY_TABLE is configured.", param="Idempotency-Key"
+                "Idempotency-Key is not supported here: no IDEMPOTENCY_TABLE is configured.", param=IDEMPOTENCY_KEY
             )
         from aws_lambda_powertools.utilities.idempotency.exceptions import (
             IdempotencyAlreadyInProgressError,
@@ -247,13 +248,13 @@ class JobService:
             return self._idempotent(submission=submission)
         except IdempotencyValidationError:
             raise IdempotencyMismatch(
-                "This Idempotency-Key was already used with a different request body.", param="Idempotency-Key"
+                "This Idempotency-Key was already used with a different request body.", param=IDEMPOTENCY_KEY
             ) from None
         except IdempotencyAlreadyInProgressError:
             raise IdempotencyConflict(
                 "A request with this Idempotency-Key is still being processed; retry shortly.",
-                param="Idempotency-Key",
-                headers={"Retry-After": "1"},
+                param=IDEMPOTENCY_KEY,
+                headers={RETRY_AFTER: "1"},
             ) from None
 
     def _submit_recorded(self, submission: dict[str, Any]) -> dict[str, Any]:
@@ -281,11 +282,9 @@ class JobService:
                 raise Overloaded(
                     f"Only {len(jobs)} of {len(requests)} jobs were queued ({', '.join(j['id'] for j in jobs)}); "
                     "the queue refused the rest. Submit the remaining requests again.",
-                    headers={"Retry-After": "1"},
+                    headers={RETRY_AFTER: "1"},
                 ) from None
-            raise Overloaded(
-                "The job queue is unavailable; nothing was queued.", headers={"Retry-After": "1"}
-            ) from None
+            raise Overloaded("The job queue is unavailable; nothing was queued.", headers={RETRY_AFTER: "1"}) from None
         for job in jobs:
             logger.info("job queued", extra={"job_id": job["id"], "tenant": tenant, "request_id": request_id})
         views = [job_view(j) for j in jobs]

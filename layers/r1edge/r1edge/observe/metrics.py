@@ -58,6 +58,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from r1edge import env
+from r1edge.headers import CONTENT_TYPE, X_CACHE, X_R1EDGE_ROUTE, X_R1EDGE_UPSTREAM
 
 #: Default CloudWatch namespace (``POWERTOOLS_METRICS_NAMESPACE`` overrides it).
 DEFAULT_NAMESPACE = "r1edge"
@@ -343,15 +344,15 @@ class MetricsMiddleware:
             if message["type"] == "http.response.start":
                 seen["status"] = message["status"]
                 headers = _headers(message.get("headers", []))
-                seen["tier"] = headers.get("x-r1edge-route", NONE)
-                seen["endpoint"] = headers.get("x-r1edge-upstream", NONE)
-                if headers.get("content-type", "").startswith("text/event-stream"):
+                seen["tier"] = headers.get(X_R1EDGE_ROUTE, NONE)
+                seen["endpoint"] = headers.get(X_R1EDGE_UPSTREAM, NONE)
+                if headers.get(CONTENT_TYPE.lower(), "").startswith("text/event-stream"):
                     # lazy: the codec module imports httpx, which the config function (a
                     # recorder without this middleware) need not load at a cold start
                     from r1edge.protocol.sse import SSEDecoder
 
                     seen["events"] = SSEDecoder()
-                seen["cache"] = headers.get("x-cache")
+                seen["cache"] = headers.get(X_CACHE)
             elif (
                 message["type"] == "http.response.body"
                 and seen["events"] is not None

@@ -20,11 +20,12 @@ from typing import Any
 import anyio
 import httpx
 
+from r1edge.headers import CACHE_CONTROL, CONTENT_TYPE, X_ACCEL_BUFFERING
 from r1edge.protocol.errors import error_body
 
 DONE = b"data: [DONE]\n\n"
 #: Headers every SSE answer carries so proxies (nginx, CloudFront) neither buffer nor cache it.
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+SSE_HEADERS = {CACHE_CONTROL: "no-cache", X_ACCEL_BUFFERING: "no"}
 
 
 def _no_constants(name: str) -> Any:
@@ -159,7 +160,7 @@ def _not_an_event_stream(response: httpx.Response) -> str | None:
     """Why ``response`` cannot be read as SSE, or ``None``. The rule (a substring of the media
     type, case as sent) and the wording are httpx-sse's ``EventSource``, which read upstream
     streams before :class:`SSEDecoder`; the class name stays in the message so it reads as it did."""
-    content_type = response.headers.get("content-type", "").partition(";")[0]
+    content_type = response.headers.get(CONTENT_TYPE, "").partition(";")[0]
     if EVENT_STREAM in content_type:
         return None
     return f"SSEError: Expected response header Content-Type to contain {EVENT_STREAM!r}, got {content_type!r}"

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from r1edge.headers import CONTENT_LENGTH, X_REQUEST_ID
 from r1edge.protocol.errors import MethodNotAllowed, NotFound, OpenAIError, RequestTooLarge, error_body
 
 logger = Logger(service="r1edge", child=True)
@@ -92,7 +93,7 @@ def middleware() -> list[Middleware]:
     return [
         Middleware(
             CorrelationIdMiddleware,
-            header_name="x-request-id",
+            header_name=X_REQUEST_ID,
             update_request_header=True,
             generator=lambda: uuid4().hex,
             validator=None,  # keep the client's id, whatever its format (docs/ARCHITECTURE.md, "Contracts")
@@ -147,7 +148,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         error_body("The server had an error while processing your request.", "server_error", None, "internal_error"),
         status_code=500,
-        headers={"x-request-id": request_id()},
+        headers={X_REQUEST_ID: request_id()},
     )
 
 
@@ -165,7 +166,7 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     Raises:
         RequestTooLarge: ``Content-Length`` or the bytes actually sent exceed ``max_bytes``.
     """
-    declared = request.headers.get("content-length", "")
+    declared = request.headers.get(CONTENT_LENGTH, "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise RequestTooLarge(f"Request body of {declared} bytes is over the limit of {max_bytes} bytes.")
     chunks: list[bytes] = []

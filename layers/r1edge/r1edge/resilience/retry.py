@@ -17,6 +17,8 @@ import math
 import random
 from collections.abc import Mapping
 
+from r1edge.headers import RETRY_AFTER, RETRY_AFTER_MS
+
 
 class Outcome(enum.Enum):
     """What one upstream attempt's result means for the retry loop."""
@@ -48,12 +50,13 @@ def classify_status(status: int) -> Outcome:
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """The value of header ``name`` (lower case), matched without regard to case (RFC 9110,
-    section 5.1) in a plain ``dict`` as well as in a case-insensitive mapping."""
+    """The value of header ``name``, matched without regard to case (RFC 9110, section 5.1) in a
+    plain ``dict`` as well as in a case-insensitive mapping."""
     value = headers.get(name)
     if value is not None:
         return value
-    return next((v for k, v in headers.items() if k.lower() == name), None)
+    wanted = name.lower()
+    return next((v for k, v in headers.items() if k.lower() == wanted), None)
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
@@ -69,7 +72,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
             ``dict`` of an :class:`~r1edge.protocol.errors.OpenAIError`).
         now: current wall-clock time, seconds since the epoch (for HTTP-dates).
     """
-    ms = _header(headers, "retry-after-ms")
+    ms = _header(headers, RETRY_AFTER_MS)
     if ms is not None:
         try:
             value = float(ms)
@@ -77,7 +80,7 @@ def parse_retry_after(headers: Mapping[str, str], now: float) -> float | None:
             value = math.nan
         if math.isfinite(value) and value >= 0:
             return min(value / 1000.0, MAX_WAIT)
-    raw = _header(headers, "retry-after")
+    raw = _header(headers, RETRY_AFTER)
     if raw is None:
         return None
     raw = raw.strip()

@@ -24,6 +24,7 @@ import anyio
 import httpx
 from aws_lambda_powertools import Logger
 
+from r1edge.headers import CONTENT_TYPE, RETRY_AFTER
 from r1edge.protocol.errors import OpenAIError, Overloaded, RateLimited, UpstreamError, UpstreamTimeout
 from r1edge.protocol.validation import ChatRequest, upstream_body
 from r1edge.resilience.balancer import EndpointState, Pool
@@ -185,7 +186,7 @@ class RetryLoop:
             status_cls = RateLimited if all(s == 429 for s in self.statuses) else Overloaded
             return status_cls(
                 f"Every {self.decision.tier} endpoint is busy ({summary}).",
-                headers={**headers, "Retry-After": str(wait)},
+                headers={**headers, RETRY_AFTER: str(wait)},
             )
         if self.timeouts and self.timeouts == len(self.notes):
             return UpstreamTimeout(f"Every {self.decision.tier} attempt timed out ({summary}).", headers=headers)
@@ -193,7 +194,7 @@ class RetryLoop:
             wait = max(1, math.ceil(cooldown))
             return Overloaded(
                 f"Every {self.decision.tier} endpoint is failing ({summary}).",
-                headers={**headers, "Retry-After": str(wait)},
+                headers={**headers, RETRY_AFTER: str(wait)},
             )
         return UpstreamError(f"No {self.decision.tier} endpoint gave a usable answer ({summary}).", headers=headers)
 
@@ -219,7 +220,7 @@ class RetryLoop:
                 if host.pool.overloaded(self.decision.tier, self.excluded):
                     raise Overloaded(
                         f"Every {self.decision.tier} endpoint is at its load target or concurrency limit.",
-                        headers={**self.headers(), "Retry-After": "1"},
+                        headers={**self.headers(), RETRY_AFTER: "1"},
                     )
                 break
             self.forced_probe_used = self.forced_probe_used or forced
@@ -278,7 +279,7 @@ class RetryLoop:
         status = response.status_code
         outcome = classify_status(status)
         if outcome is Outcome.OK and status == 200:
-            content_type = response.headers.get("content-type", "")
+            content_type = response.headers.get(CONTENT_TYPE, "")
             if not self.request.stream or "text/event-stream" in content_type:
                 state.in_flight += 1
                 return response

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from aws_lambda_powertools import Logger
 
+from r1edge.headers import X_R1EDGE_CONFIDENCE_WINDOW
 from r1edge.protocol.errors import OpenAIError
 from r1edge.protocol.validation import ChatRequest
 from r1edge.routing.answer import AnswerHost, answer
@@ -82,7 +83,7 @@ async def cascade(
         min_confidence=settings.threshold if window else None,
         attempts_per_endpoint=1,  # the cluster is the fallback: no backoff on a busy edge
     )
-    edge.extra_headers = {"x-r1edge-confidence-window": str(window)} if window else {}
+    edge.extra_headers = {X_R1EDGE_CONFIDENCE_WINDOW: str(window)} if window else {}
     kept: Routed | None = None
     try:
         routed = await answer(host, edge)

@@ -12,11 +12,20 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from r1edge.headers import (
+    X_R1EDGE_ATTEMPTS,
+    X_R1EDGE_CONFIDENCE,
+    X_R1EDGE_CONFIDENCE_TOKENS,
+    X_R1EDGE_MAX_TOKENS_CLAMPED,
+    X_R1EDGE_REASON,
+    X_R1EDGE_ROUTE,
+    X_R1EDGE_UPSTREAM,
+)
 from r1edge.routing.classifier import Decision
 from r1edge.routing.config import Endpoint
 
 #: Edge response headers passed on to the client (see :mod:`r1edge.edge.app`).
-RELAYED_HEADERS = ("x-r1edge-confidence", "x-r1edge-confidence-tokens", "x-r1edge-max-tokens-clamped")
+RELAYED_HEADERS = (X_R1EDGE_CONFIDENCE, X_R1EDGE_CONFIDENCE_TOKENS, X_R1EDGE_MAX_TOKENS_CLAMPED)
 
 
 def relayed_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -28,7 +37,7 @@ def header_confidence(headers: Mapping[str, str]) -> float | None:
     """The edge's ``x-r1edge-confidence`` (a geometric mean token probability, in [0, 1]);
     ``None`` when absent, not a number, or out of range."""
     try:
-        value = float(headers.get("x-r1edge-confidence", "nan"))
+        value = float(headers.get(X_R1EDGE_CONFIDENCE, "nan"))
     except ValueError:
         return None
     return value if 0.0 <= value <= 1.0 else None
@@ -37,12 +46,12 @@ def header_confidence(headers: Mapping[str, str]) -> float | None:
 def route_headers(decision: Decision | None, endpoint: str | None, attempts: int) -> dict[str, str]:
     """``x-r1edge-route`` (the tier), ``x-r1edge-reason``, ``x-r1edge-upstream`` (the endpoint's
     name) and ``x-r1edge-attempts`` (upstream calls, a count); the first three only when known."""
-    headers: dict[str, str] = {"x-r1edge-attempts": str(attempts)}
+    headers: dict[str, str] = {X_R1EDGE_ATTEMPTS: str(attempts)}
     if decision is not None:
-        headers["x-r1edge-route"] = decision.tier
-        headers["x-r1edge-reason"] = decision.reason
+        headers[X_R1EDGE_ROUTE] = decision.tier
+        headers[X_R1EDGE_REASON] = decision.reason
     if endpoint is not None:
-        headers["x-r1edge-upstream"] = endpoint
+        headers[X_R1EDGE_UPSTREAM] = endpoint
     return headers
 
 

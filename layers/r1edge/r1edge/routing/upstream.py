@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from r1edge import env
+from r1edge.headers import AUTHORIZATION, CONTENT_TYPE, X_REQUEST_ID
 from r1edge.protocol.errors import UpstreamError
 from r1edge.routing.config import Endpoint
 
@@ -89,7 +90,7 @@ class Upstream:
             frozen = self._credentials.get_frozen_credentials()
         except Exception as exc:  # noqa: BLE001 - any credential failure is our misconfiguration
             raise UpstreamError(f"endpoint {endpoint.name!r}: cannot get AWS credentials: {exc}") from None
-        request = AWSRequest(method=method, url=url, data=body, headers={"content-type": "application/json"})
+        request = AWSRequest(method=method, url=url, data=body, headers={CONTENT_TYPE: "application/json"})
         SigV4Auth(frozen, endpoint.auth.service, region).add_auth(request)
         return dict(request.headers.items())
 
@@ -112,7 +113,7 @@ class Upstream:
                 token = self._secret_reader(auth.secret or "")
             except Exception as exc:  # noqa: BLE001 - any failure to read the secret is our misconfiguration
                 raise UpstreamError(f"endpoint {endpoint.name!r}: cannot read secret {auth.secret!r}: {exc}") from None
-        return {"Authorization": f"Bearer {token}"}
+        return {AUTHORIZATION: f"Bearer {token}"}
 
     def timeout(self, endpoint: Endpoint) -> httpx.Timeout:
         """httpx timeouts from the endpoint's ``timeouts`` (seconds); reads wait up to the larger of
@@ -135,9 +136,9 @@ class Upstream:
         url = f"{endpoint.url}/chat/completions"
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         headers = {
-            "x-request-id": request_id,
+            X_REQUEST_ID: request_id,
             "accept": "application/json, text/event-stream",
-            "content-type": "application/json",
+            CONTENT_TYPE: "application/json",
         }
         headers.update(extra_headers or {})
         headers.update(self.auth_headers(endpoint))
