@@ -4,35 +4,24 @@ server on a free port, and the edge loading an S3 copy of the packaged model for
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import http.server
-import sys
 import threading
 from functools import partial
 from pathlib import Path
 
 import pytest
+from fetch_model import fetch_model
+from modelfiles import DIGEST, GGUF, write_gguf
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "layers" / "model"))
-
-from fetch_model import fetch_model  # noqa: E402
-
-from r1edge.edge.model import DEFAULT_MODEL_SHA256, ModelError, resolve_model_path  # noqa: E402
-from r1edge.edge.runtime import LlamaRuntime  # noqa: E402
+from r1edge.edge.model import DEFAULT_MODEL_SHA256, ModelError, resolve_model_path
+from r1edge.edge.runtime import LlamaRuntime
 
 pytestmark = pytest.mark.integration
-
-GGUF = b"GGUF" + bytes(range(256)) * 64
-DIGEST = hashlib.sha256(GGUF).hexdigest()
 
 
 @pytest.fixture
 def source(tmp_path) -> Path:
-    path = tmp_path / "src" / "model.gguf"
-    path.parent.mkdir()
-    path.write_bytes(GGUF)
-    return path
+    return write_gguf(tmp_path)
 
 
 @pytest.fixture

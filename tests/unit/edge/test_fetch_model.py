@@ -4,30 +4,19 @@ tests/integration/test_edge_fetch_model.py."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from fetch_model import fetch_model, main
+from modelfiles import DIGEST, GGUF, write_gguf
 
-ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT / "layers" / "model"))
-
-from fetch_model import fetch_model, main  # noqa: E402
-
-from r1edge.edge.model import ModelError  # noqa: E402
-
-GGUF = b"GGUF" + bytes(range(256)) * 64
-DIGEST = hashlib.sha256(GGUF).hexdigest()
+from r1edge.edge.model import ModelError
 
 
 @pytest.fixture
 def source(tmp_path) -> Path:
-    path = tmp_path / "src" / "model.gguf"
-    path.parent.mkdir()
-    path.write_bytes(GGUF)
-    return path
+    return write_gguf(tmp_path)
 
 
 @pytest.fixture
