@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from r1edge.protocol.errors import InvalidRequest
+from r1edge.protocol.errors import InvalidRequest, quote
 from r1edge.protocol.sse import strict_loads
 
 #: Roles the Chat Completions API accepts (``developer`` is the newer name for ``system``).
@@ -75,12 +75,12 @@ def _positive_int(body: dict[str, Any], name: str) -> int | None:
         return None
     if not _is_int(value):
         raise InvalidRequest(
-            f"'{name}' must be an integer, got {json.dumps(value)}.",
+            f"'{name}' must be an integer, got {quote(value)}.",
             param=name,
             code="invalid_type",
         )
     if value < 1:
-        raise InvalidRequest(f"'{name}' must be at least 1, got {value}.", param=name, code="invalid_value")
+        raise InvalidRequest(f"'{name}' must be at least 1, got {quote(value)}.", param=name, code="invalid_value")
     return value
 
 
@@ -89,10 +89,10 @@ def _number_in(body: dict[str, Any], name: str, low: float, high: float) -> floa
     if value is None:
         return None
     if not _is_number(value):
-        raise InvalidRequest(f"'{name}' must be a number, got {json.dumps(value)}.", param=name, code="invalid_type")
+        raise InvalidRequest(f"'{name}' must be a number, got {quote(value)}.", param=name, code="invalid_type")
     if not low <= value <= high:
         raise InvalidRequest(
-            f"'{name}' must be between {low:g} and {high:g}, got {value}.", param=name, code="invalid_value"
+            f"'{name}' must be between {low:g} and {high:g}, got {quote(value)}.", param=name, code="invalid_value"
         )
     return float(value)
 
@@ -152,7 +152,7 @@ def _check_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
             )
         if not isinstance(role, str) or role not in ROLES:
             raise InvalidRequest(
-                f"Invalid value for 'messages[{i}].role': {json.dumps(role)}. "
+                f"Invalid value for 'messages[{i}].role': {quote(role)}. "
                 f"Supported values are: {', '.join(sorted(ROLES))}.",
                 param=f"messages[{i}].role",
                 code="invalid_value",
