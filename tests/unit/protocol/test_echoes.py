@@ -137,7 +137,6 @@ def test_the_config_function_quotes_names_and_methods_short():
     assert "(256 characters)" in missing.value.message
 
 
-
 def test_a_5000_digit_content_length_is_a_413_never_a_500_and_is_quoted_short(client):
     declared = "9" * 5_000  # past Python's 4300-digit limit on int(): a 500 before
     response = client.post(

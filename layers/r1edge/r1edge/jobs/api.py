@@ -57,8 +57,8 @@ def accepted(request: Request, result: dict[str, Any], extra: dict[str, str] | N
 async def create_jobs(request: Request) -> Response:
     service = _service(request)
     limit = request.app.state.gateway.config.max_body_bytes
-    body = parse_json_body(await web.read_body(request, limit))
     config = request.app.state.gateway.config
+    body = parse_json_body(await web.read_body(request, limit), config.max_json_depth)
     requests, _ = parse_submission(body, service.settings.max_tokens)  # a 400 before any charge
     served = config.served_models()
     for i, chat in enumerate(requests):

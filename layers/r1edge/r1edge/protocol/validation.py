@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from r1edge.protocol.errors import InvalidRequest, quote
-from r1edge.protocol.sse import strict_loads
+from r1edge.protocol.sse import MAX_JSON_DEPTH, JSONTooDeep, strict_loads
 
 #: Roles the Chat Completions API accepts (``developer`` is the newer name for ``system``).
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -45,18 +45,32 @@ class ChatRequest:
     temperature: float | None
 
 
-def parse_json_body(raw: bytes) -> Any:
+def parse_json_body(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """Decode a request body as strict JSON (RFC 8259): ``NaN`` and ``Infinity`` are refused, and
     so are lone surrogates (``"\\ud800"`` is valid JSON syntax but not Unicode text, and could not
-    be sent to any upstream as UTF-8).
+    be sent to any upstream as UTF-8), and values nested more than ``max_depth`` levels of arrays
+    and objects (the body object is level 1; RFC 8259 §9 lets a parser limit nesting). The depth
+    is checked right after decoding, without recursion, before anything else touches the value.
+
+    Args:
+        raw: the body, bytes.
+        max_depth: most levels (the routing config's ``max_json_depth``; default
+            :data:`~r1edge.protocol.sse.MAX_JSON_DEPTH`, 64, which the edge server uses).
 
     Raises:
-        InvalidRequest: the bytes are not valid JSON text.
+        InvalidRequest: code ``json_too_deep`` when nested too deep (the message names the limit),
+            ``invalid_json`` when the bytes are not valid JSON text.
     """
     try:
-        body = strict_loads(raw)
+        body = strict_loads(raw, max_depth)
         json.dumps(body, ensure_ascii=False).encode("utf-8")  # UnicodeEncodeError on a lone surrogate
         return body
+    except JSONTooDeep as exc:
+        raise InvalidRequest(
+            f"The JSON body of your request nests more than {exc.limit} levels of arrays and objects "
+            "(the limit, max_json_depth).",
+            code="json_too_deep",
+        ) from None
     except (ValueError, RecursionError) as exc:  # JSONDecode-, UnicodeDecode-, UnicodeEncodeError
         raise InvalidRequest(f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from None
 
