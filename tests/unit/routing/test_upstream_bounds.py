@@ -192,3 +192,22 @@ def test_an_event_of_endless_data_lines_truncates_the_stream():
         "upstream sent the data of one SSE event longer than 1048576 bytes (the limit, max_sse_line_bytes)"
     )
     assert endless.reads <= 1 + MiB // (READ - 7) + 1
+
+
+def test_more_than_1024_chunks_without_content_is_a_failed_attempt():
+    empty = sse(*[chunk(None)] * 1100, chunk("late"), chunk(finish_reason="stop"))
+    fake = FakeUpstream(
+        {
+            "r1-a": [httpx.Response(200, headers={"content-type": "text/event-stream"}, content=empty)],
+            "r1-b": [httpx.Response(200, headers={"content-type": "text/event-stream"}, content=sse(chunk("b")))],
+        }
+    )
+    with (
+        router(fake) as client,
+        client.stream(
+            "POST", "/v1/chat/completions", json={"model": "deepseek-r1", "messages": MSG, "stream": True}
+        ) as response,
+    ):
+        text = response.read().decode()
+    assert response.headers["x-r1edge-upstream"] == "r1-b"
+    assert '"content":"b"' in text

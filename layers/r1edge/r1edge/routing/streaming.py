@@ -37,6 +37,11 @@ logger = Logger(service="r1edge-router", child=True)
 
 #: The SSE comment sent while a stream waits for its first content.
 KEEPALIVE = b": keep-alive\n\n"
+#: Chunks read ahead of the client: the reader waits when this many are queued, so a client
+#: slower than its upstream holds the upstream back (TCP flow control) instead of filling memory.
+READ_AHEAD = 64
+#: Chunks held before the first content (role-only or empty deltas); more is a failed attempt.
+MAX_CHUNKS_BEFORE_CONTENT = 1024
 
 
 class LowConfidence(Exception):
@@ -78,7 +83,9 @@ def has_content(chunk: dict[str, Any]) -> bool:
 
 class UpstreamStream:
     """An upstream SSE response read by a background task into a queue, so waits can time out
-    without breaking the stream (cancelling an ``__anext__`` mid-read would).
+    without breaking the stream (cancelling an ``__anext__`` mid-read would). The queue holds at
+    most :data:`READ_AHEAD` chunks, and at most :data:`MAX_CHUNKS_BEFORE_CONTENT` are held before
+    the first content: the memory a stream takes is bounded whatever the upstream sends.
 
     Args:
         response: a 200 ``text/event-stream`` response opened in streaming mode.
@@ -93,7 +100,7 @@ class UpstreamStream:
         self.response = response
         self.max_depth = max_depth
         self.max_line_bytes = max_line_bytes
-        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=READ_AHEAD)
         self.buffered: list[dict[str, Any]] = []
         self.task = asyncio.create_task(self._pump())
 
@@ -128,7 +135,9 @@ class UpstreamStream:
                 self.buffered.append(item)
                 if has_content(item):
                     return "content"
-                continue
+                if len(self.buffered) <= MAX_CHUNKS_BEFORE_CONTENT:
+                    continue
+                kind, item = "error", f"more than {MAX_CHUNKS_BEFORE_CONTENT} chunks without content"
             state = loop.current
             if kind == "timeout":
                 if loop.first_byte_left(state) > 0:
