@@ -3,8 +3,10 @@
 Each call to ``POST /v1/chat/completions`` takes the next :class:`Fault` from the script (the
 last one repeats): answer a status with headers (e.g. ``Retry-After``), delay the headers, delay
 the first chunk, send ``: keep-alive`` comments, send reasoning and usage chunks, send an SSE
-error before any content, or cut the stream after N chunks. It records every call and whether
-the router closed the connection before the answer was complete.
+error before any content, or cut the stream after N chunks; or answer without bound: a huge JSON
+body made as it is sent, an SSE line that never ends (before or after content), a stream of
+content that never ends. It records every call and whether the router closed the connection
+before the answer was complete.
 """
 
 from __future__ import annotations
@@ -45,6 +47,36 @@ class Fault:
     error_before_content: bool = False  # role chunk, then an SSE error object
     body: bytes | None = None  # a raw JSON body instead of a completion (e.g. truncated)
     reset: bool = False  # send 200 headers, then drop the connection (a reset mid-answer)
+    huge_json: int = 0  # bytes of a JSON body (no Content-Length) made as it is sent
+    endless_line: bool = False  # after the role chunk and `chunks` content chunks, "data: zzz…" forever
+    endless: bool = False  # content chunks of `piece` bytes each, forever (no finish_reason)
+    piece: int = 64 * 1024  # bytes of each write of the unbounded faults
+
+
+async def _gone(request: Request) -> bool:
+    """Whether the router hung up. Unbounded answers ask before each write: once the client is
+    gone, uvicorn's ``send`` returns at once without sending, and a loop would spin forever."""
+    return await request.is_disconnected()
+
+
+async def _huge_json(size: int, piece: int, call: Call, request: Request) -> AsyncIterator[bytes]:
+    """``{"choices": ["xxx…"]}`` of ``size`` bytes, ``piece`` bytes at a time."""
+    head, tail = b'{"choices": ["', b'"]}'
+    sent = len(head) + len(tail)
+    complete = False
+    try:
+        yield head
+        block = b"x" * piece
+        while sent + piece <= size:
+            if await _gone(request):
+                return
+            yield block
+            sent += piece
+        yield b"x" * (size - sent) + tail
+        complete = True
+    finally:
+        if not complete:
+            call.hang_up()
 
 
 @dataclass
@@ -147,6 +179,10 @@ class FaultServer:
             error = fault.error or {"error": {"message": f"fault {fault.status}", "type": "server_error"}}
             return JSONResponse(error, status_code=fault.status, headers=fault.headers)
         if not body.get("stream"):
+            if fault.huge_json:
+                return ClosingStreamingResponse(
+                    _huge_json(fault.huge_json, fault.piece, call, request), media_type="application/json"
+                )
             if fault.body is not None:
                 return Response(fault.body, media_type="application/json", headers=fault.headers)
             message = {"role": "assistant", "content": "".join(f"c{i} " for i in range(fault.chunks))}
@@ -168,10 +204,10 @@ class FaultServer:
             return JSONResponse(result, headers=fault.headers)
         # Closed on disconnect (not left to the garbage collector), so ``closed_early`` is prompt.
         return ClosingStreamingResponse(
-            self._stream(fault, call), media_type="text/event-stream", headers=fault.headers
+            self._stream(fault, call, request), media_type="text/event-stream", headers=fault.headers
         )
 
-    async def _stream(self, fault: Fault, call: Call) -> AsyncIterator[bytes]:
+    async def _stream(self, fault: Fault, call: Call, request: Request) -> AsyncIterator[bytes]:
         complete = False
         try:
             for _ in range(fault.keepalives):
@@ -180,6 +216,19 @@ class FaultServer:
             if fault.delay_first_chunk:
                 await asyncio.sleep(fault.delay_first_chunk)
             yield _chunk({"role": "assistant"})
+            if fault.endless_line:
+                for i in range(fault.chunks):
+                    yield _chunk({"content": f"c{i} "})
+                yield b"data: "
+                block = b"z" * fault.piece
+                while not await _gone(request):  # the router must hang up
+                    yield block
+                return
+            if fault.endless:
+                text = "e" * fault.piece
+                while not await _gone(request):  # the router (or its client) must hang up
+                    yield _chunk({"content": text})
+                return
             if fault.error_before_content:
                 yield b'data: {"error": {"message": "engine overloaded", "type": "server_error"}}\n\n'
                 complete = True

@@ -128,7 +128,7 @@ def create_app(
     async def chat_completions(request: Request) -> Response:
         gateway = await current(request)
         raw = await web.read_body(request, gateway.config.max_body_bytes)
-        chat = validate_chat_request(parse_json_body(raw))
+        chat = validate_chat_request(parse_json_body(raw, gateway.config.max_json_depth))
         context = request.headers.get(X_AMZN_LAMBDA_CONTEXT) if in_lambda(os.environ) else None
         deadline = request_deadline(context, gateway.config.deadline, wall_clock())
         degrade = request.headers.get(X_R1EDGE_ALLOW_DEGRADE, "").strip().lower() in ("1", "true", "yes")

@@ -29,7 +29,7 @@ from r1edge import env
 from r1edge.configfiles.httpcache import CachePolicy, http_date, not_modified, policy_for
 from r1edge.configfiles.store import ConfigStore, S3Source
 from r1edge.headers import AGE, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, LAST_MODIFIED
-from r1edge.protocol.errors import ConfigError, InvalidRequest, MethodNotAllowed, NotFound
+from r1edge.protocol.errors import ConfigError, InvalidRequest, MethodNotAllowed, NotFound, quote
 
 ROUTE_PREFIX = "/v1/configs/"
 #: A name: segments of letters, digits, ``.``, ``_`` and ``-`` joined by ``/``, none starting with
@@ -101,7 +101,7 @@ def validate_name(raw: str) -> str:
         name = ""
     if not name or len(name) > MAX_NAME_LENGTH or NAME.fullmatch(name) is None:
         raise InvalidRequest(
-            f"Invalid config name {raw[:80]!r}: use letters, digits, '.', '_', '-' and '/' between "
+            f"Invalid config name {quote(raw, 80)}: use letters, digits, '.', '_', '-' and '/' between "
             "segments; no leading '/', no '.' or '..' segment, no encoded characters.",
             param="name",
             code="invalid_config_name",
@@ -148,13 +148,13 @@ def serve(
     """
     method = method.upper()
     if method not in ("GET", "HEAD"):
-        raise MethodNotAllowed(f"{method} is not allowed here; use GET or HEAD.", headers={ALLOW: "GET, HEAD"})
+        raise MethodNotAllowed(f"{quote(method)} is not allowed here; use GET or HEAD.", headers={ALLOW: "GET, HEAD"})
     name = validate_name(raw_name)
     policy = policy_for(name, settings.policies, settings.default_policy)
     try:
         obj = store.get(settings.prefix + name, stale_if_error=policy.stale_if_error or 0)
     except NotFound:
-        raise NotFound(f"No config named {name!r}.") from None  # the bucket's prefix stays private
+        raise NotFound(f"No config named {quote(name)}.") from None  # the bucket's prefix stays private
     lower = {k.lower(): v for k, v in headers.items()}
     out = {ETAG: obj.etag, CACHE_CONTROL: policy.header()}
     if obj.last_modified is not None:

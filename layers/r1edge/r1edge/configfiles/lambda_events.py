@@ -29,7 +29,7 @@ from r1edge.configfiles import cloudfront
 from r1edge.configfiles.api import ROUTE_PREFIX, ConfigResponse
 from r1edge.configfiles.apigw import event_body
 from r1edge.headers import CONTENT_TYPE
-from r1edge.protocol.errors import NotFound, OpenAIError
+from r1edge.protocol.errors import NotFound, OpenAIError, quote
 
 #: ``(method, raw_name, headers) -> ConfigResponse``; raises OpenAIError (see the module docstring).
 Serve = Callable[[str, str, dict[str, str]], ConfigResponse]
@@ -66,7 +66,7 @@ def _resolver(app: ApiGatewayResolver, serve: Serve) -> ApiGatewayResolver:
 
     @app.not_found
     def not_found(exc: Exception) -> Response:
-        return _error(NotFound(f"No route for {app.current_event.path}; configs are under {ROUTE_PREFIX}."))
+        return _error(NotFound(f"No route for {quote(app.current_event.path)}; configs are under {ROUTE_PREFIX}."))
 
     return app
 

@@ -18,7 +18,7 @@ from aws_lambda_powertools import Logger
 
 from r1edge.aws.clients import LazyClient
 from r1edge.configfiles.httpcache import strong_etag
-from r1edge.protocol.errors import NotFound, Overloaded
+from r1edge.protocol.errors import NotFound, Overloaded, quote
 
 logger = Logger(service="r1edge-config", child=True)
 
@@ -96,7 +96,7 @@ class S3Source:
             if status == 304 or error.get("Code") in ("304", "NotModified"):
                 raise NotModifiedError from None
             if error.get("Code") in ("NoSuchKey", "404") or status == 404:
-                raise NotFound(f"No config named {key!r}.", param=None, code="not_found") from None
+                raise NotFound(f"No config named {quote(key)}.", param=None, code="not_found") from None
             raise SourceError(f"S3 {error.get('Code')}: {error.get('Message')}") from None
         except BotoCoreError as exc:
             raise SourceError(f"S3 unreachable: {exc}") from None

@@ -23,7 +23,7 @@ from r1edge.headers import IDEMPOTENCY_KEY, LOCATION, PREFER, PREFERENCE_APPLIED
 from r1edge.jobs.service import JobsDisabled, JobService, parse_submission
 from r1edge.jobs.settings import JobSettings
 from r1edge.protocol import web
-from r1edge.protocol.errors import ModelNotFound
+from r1edge.protocol.errors import ModelNotFound, quote
 from r1edge.protocol.validation import parse_json_body
 
 
@@ -57,14 +57,14 @@ def accepted(request: Request, result: dict[str, Any], extra: dict[str, str] | N
 async def create_jobs(request: Request) -> Response:
     service = _service(request)
     limit = request.app.state.gateway.config.max_body_bytes
-    body = parse_json_body(await web.read_body(request, limit))
     config = request.app.state.gateway.config
+    body = parse_json_body(await web.read_body(request, limit), config.max_json_depth)
     requests, _ = parse_submission(body, service.settings.max_tokens)  # a 400 before any charge
     served = config.served_models()
     for i, chat in enumerate(requests):
         if chat.get("model") not in served:  # as /v1/chat/completions answers: 404, not a failed job
             raise ModelNotFound(
-                f"The model '{chat.get('model')}' does not exist. Use one of: {', '.join(served)}.",
+                f"The model {quote(chat.get('model'))} does not exist. Use one of: {', '.join(served)}.",
                 param="model" if len(requests) == 1 and "requests" not in body else f"requests[{i}].model",
             )
     await charging.admit_jobs(request, requests, config.classifier)

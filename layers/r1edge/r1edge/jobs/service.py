@@ -25,7 +25,7 @@ from r1edge.jobs.queue import JobQueue
 from r1edge.jobs.settings import JobSettings, new_job_id
 from r1edge.jobs.store import JobStore
 from r1edge.jobs.view import job_view
-from r1edge.protocol.errors import InvalidRequest, OpenAIError, Overloaded
+from r1edge.protocol.errors import InvalidRequest, OpenAIError, Overloaded, quote
 from r1edge.protocol.validation import validate_chat_request
 
 logger = Logger(service="r1edge-jobs", child=True)
@@ -300,6 +300,6 @@ class JobService:
         job = self.store.get(job_id, tenant) if job_id.startswith("job_") else None
         if job is None:
             raise OpenAIError(
-                f"No job found with id '{job_id}'.", status=404, type="invalid_request_error", code="job_not_found"
+                f"No job found with id {quote(job_id)}.", status=404, type="invalid_request_error", code="job_not_found"
             )
         return job_view(job)

@@ -8,7 +8,41 @@ handler of each app maps any of them to a response without a lookup table.
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+#: Most characters of a client-supplied value an error message quotes (:func:`quote`).
+MAX_QUOTED = 200
+
+
+def quote(value: Any, limit: int = MAX_QUOTED) -> str:
+    """A client-supplied value as an error message quotes it: at most ``limit`` characters of
+    it, so an error never echoes a 10,000-character model name or a megabyte of JSON back.
+
+    A string is shown as Python's ``repr`` (``'gpt-4'``, the style r1edge's messages always
+    used); any other value as compact JSON (``true``, ``{"a":1}``), as the client sent it. When
+    the string (or the JSON text) is longer than ``limit`` characters, its first ``limit`` are
+    kept, an ellipsis marks the cut, and its length is said: ``'aaaa…' (10000 characters)``.
+
+    Args:
+        value: a decoded JSON value, a header value, a path or a name; any type.
+        limit: most characters of the value kept (default :data:`MAX_QUOTED`, 200).
+
+    Returns:
+        The quoted text: at most ``limit`` characters of the value plus the quoting, the
+        ellipsis and the length note (escapes such as ``\\n`` may add a few). Never raises.
+    """
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        return f"{value[:limit] + '…'!r} ({len(value)} characters)"
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError):  # not JSON, or an int past Python's digit limit
+        return f"(a {type(value).__name__})"
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters of JSON)"
 
 
 class OpenAIError(Exception):

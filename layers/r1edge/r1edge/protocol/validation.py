@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from r1edge.protocol.errors import InvalidRequest
-from r1edge.protocol.sse import strict_loads
+from r1edge.protocol.errors import InvalidRequest, quote
+from r1edge.protocol.sse import MAX_JSON_DEPTH, JSONTooDeep, strict_loads
 
 #: Roles the Chat Completions API accepts (``developer`` is the newer name for ``system``).
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -45,18 +45,32 @@ class ChatRequest:
     temperature: float | None
 
 
-def parse_json_body(raw: bytes) -> Any:
+def parse_json_body(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """Decode a request body as strict JSON (RFC 8259): ``NaN`` and ``Infinity`` are refused, and
     so are lone surrogates (``"\\ud800"`` is valid JSON syntax but not Unicode text, and could not
-    be sent to any upstream as UTF-8).
+    be sent to any upstream as UTF-8), and values nested more than ``max_depth`` levels of arrays
+    and objects (the body object is level 1; RFC 8259 §9 lets a parser limit nesting). The depth
+    is checked right after decoding, without recursion, before anything else touches the value.
+
+    Args:
+        raw: the body, bytes.
+        max_depth: most levels (the routing config's ``max_json_depth``; default
+            :data:`~r1edge.protocol.sse.MAX_JSON_DEPTH`, 64, which the edge server uses).
 
     Raises:
-        InvalidRequest: the bytes are not valid JSON text.
+        InvalidRequest: code ``json_too_deep`` when nested too deep (the message names the limit),
+            ``invalid_json`` when the bytes are not valid JSON text.
     """
     try:
-        body = strict_loads(raw)
+        body = strict_loads(raw, max_depth)
         json.dumps(body, ensure_ascii=False).encode("utf-8")  # UnicodeEncodeError on a lone surrogate
         return body
+    except JSONTooDeep as exc:
+        raise InvalidRequest(
+            f"The JSON body of your request nests more than {exc.limit} levels of arrays and objects "
+            "(the limit, max_json_depth).",
+            code="json_too_deep",
+        ) from None
     except (ValueError, RecursionError) as exc:  # JSONDecode-, UnicodeDecode-, UnicodeEncodeError
         raise InvalidRequest(f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from None
 
@@ -75,12 +89,12 @@ def _positive_int(body: dict[str, Any], name: str) -> int | None:
         return None
     if not _is_int(value):
         raise InvalidRequest(
-            f"'{name}' must be an integer, got {json.dumps(value)}.",
+            f"'{name}' must be an integer, got {quote(value)}.",
             param=name,
             code="invalid_type",
         )
     if value < 1:
-        raise InvalidRequest(f"'{name}' must be at least 1, got {value}.", param=name, code="invalid_value")
+        raise InvalidRequest(f"'{name}' must be at least 1, got {quote(value)}.", param=name, code="invalid_value")
     return value
 
 
@@ -89,10 +103,10 @@ def _number_in(body: dict[str, Any], name: str, low: float, high: float) -> floa
     if value is None:
         return None
     if not _is_number(value):
-        raise InvalidRequest(f"'{name}' must be a number, got {json.dumps(value)}.", param=name, code="invalid_type")
+        raise InvalidRequest(f"'{name}' must be a number, got {quote(value)}.", param=name, code="invalid_type")
     if not low <= value <= high:
         raise InvalidRequest(
-            f"'{name}' must be between {low:g} and {high:g}, got {value}.", param=name, code="invalid_value"
+            f"'{name}' must be between {low:g} and {high:g}, got {quote(value)}.", param=name, code="invalid_value"
         )
     return float(value)
 
@@ -152,7 +166,7 @@ def _check_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
             )
         if not isinstance(role, str) or role not in ROLES:
             raise InvalidRequest(
-                f"Invalid value for 'messages[{i}].role': {json.dumps(role)}. "
+                f"Invalid value for 'messages[{i}].role': {quote(role)}. "
                 f"Supported values are: {', '.join(sorted(ROLES))}.",
                 param=f"messages[{i}].role",
                 code="invalid_value",

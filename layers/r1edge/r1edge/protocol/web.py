@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from r1edge.headers import CONTENT_LENGTH, X_REQUEST_ID
-from r1edge.protocol.errors import MethodNotAllowed, NotFound, OpenAIError, RequestTooLarge, error_body
+from r1edge.protocol.errors import MethodNotAllowed, NotFound, OpenAIError, RequestTooLarge, error_body, quote
 
 logger = Logger(service="r1edge", child=True)
 
@@ -133,9 +133,9 @@ async def _openai_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        return error_response(NotFound(f"Unknown request URL: {request.method} {request.url.path}."))
+        return error_response(NotFound(f"Unknown request URL: {quote(request.method)} {quote(request.url.path)}."))
     if exc.status_code == 405:
-        error = MethodNotAllowed(f"Method {request.method} is not allowed for {request.url.path}.")
+        error = MethodNotAllowed(f"Method {quote(request.method)} is not allowed for {quote(request.url.path)}.")
         error.headers.update(exc.headers or {})
         return error_response(error)
     return JSONResponse(
@@ -160,15 +160,22 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
 }
 
 
+#: Most digits of a ``Content-Length`` read as a number (10**18 bytes is an exabyte).
+MAX_LENGTH_DIGITS = 18
+
+
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """Read the request body, refusing more than ``max_bytes`` bytes.
 
     Raises:
-        RequestTooLarge: ``Content-Length`` or the bytes actually sent exceed ``max_bytes``.
+        RequestTooLarge: ``Content-Length`` or the bytes actually sent exceed ``max_bytes``. A
+            ``Content-Length`` of ASCII digits only (RFC 9110 §8.6) is read; of more than
+            :data:`MAX_LENGTH_DIGITS` digits it is over any limit (Python refuses to read an int
+            of over 4300 digits, and no body is that large).
     """
     declared = request.headers.get(CONTENT_LENGTH, "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise RequestTooLarge(f"Request body of {declared} bytes is over the limit of {max_bytes} bytes.")
+    if declared.isascii() and declared.isdigit() and (len(declared) > MAX_LENGTH_DIGITS or int(declared) > max_bytes):
+        raise RequestTooLarge(f"Content-Length {quote(declared, 24)} is over the limit of {max_bytes} bytes.")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():

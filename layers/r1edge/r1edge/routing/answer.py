@@ -1,8 +1,9 @@
 """One tier's answer: refresh the endpoints' signals, then run the retry loop until an endpoint
 gives a usable JSON completion, or open a stream (:mod:`r1edge.routing.streaming`).
 
-A JSON body that is not a chat completion, cannot be read, or does not arrive before the
-deadline is a retryable failure of that endpoint (docs/ARCHITECTURE.md, Retry rules).
+A JSON body that is not a chat completion, cannot be read, is larger than the endpoint's
+``max_response_bytes`` (read no further), nests deeper than ``max_json_depth``, or does not arrive
+before the deadline is a retryable failure of that endpoint (docs/ARCHITECTURE.md, Retry rules).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from r1edge.protocol.sse import parse_completion
 from r1edge.routing.attempts import Host, RetryLoop
 from r1edge.routing.routed import Routed, relayed_headers
 from r1edge.routing.streaming import open_stream
+from r1edge.routing.upstream import read_limited
 
 
 class AnswerHost(Host, Protocol):
@@ -44,8 +46,9 @@ async def answer(host: AnswerHost, loop: RetryLoop) -> Routed:
 
 
 async def read_completion(host: Host, loop: RetryLoop) -> Routed:
-    """Read whole JSON completions until one parses; each unusable body (or one not read before
-    the deadline) is a recorded failure, and the loop goes on to its next response. Records the
+    """Read whole JSON completions until one parses; each unusable body (too large, too deep, not
+    a completion, or not read before the deadline) is a recorded failure, and the loop goes on to
+    its next response. Records the
     answer's ``usage`` (tokens).
 
     Raises:
@@ -56,8 +59,8 @@ async def read_completion(host: Host, loop: RetryLoop) -> Routed:
         state, response = await loop.next_response()
         try:
             with anyio.fail_after(max(0.0, loop.deadline_at - host.clock())):
-                raw = await response.aread()
-            completion = parse_completion(raw)
+                raw = await read_limited(response, state.endpoint.max_response_bytes)
+            completion = parse_completion(raw, host.config.max_json_depth)
         except (ValueError, httpx.HTTPError, TimeoutError) as exc:
             loop.failed(
                 state,

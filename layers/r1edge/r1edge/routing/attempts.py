@@ -33,7 +33,7 @@ from r1edge.routing.classifier import Decision
 from r1edge.routing.config import RoutingConfig
 from r1edge.routing.ports import GatewayMetrics
 from r1edge.routing.routed import route_headers
-from r1edge.routing.upstream import Upstream
+from r1edge.routing.upstream import MAX_ERROR_BODY_BYTES, ResponseTooLarge, Upstream, read_limited
 from r1edge.routing.upstream_errors import upstream_client_error
 
 logger = Logger(service="r1edge-router", child=True)
@@ -287,8 +287,8 @@ class RetryLoop:
             self.failed(state, f"stream answered with content-type {content_type!r}")
             return None
         try:
-            raw = await response.aread()
-        except httpx.HTTPError:
+            raw = await read_limited(response, MAX_ERROR_BODY_BYTES)
+        except (httpx.HTTPError, ResponseTooLarge):
             raw = b""
         finally:
             await response.aclose()

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from r1edge import env
 from r1edge.aws.clients import make_client
 from r1edge.protocol.errors import ConfigError, InvalidRequest
+from r1edge.protocol.sse import MAX_JSON_DEPTH, MAX_SSE_LINE_BYTES
 from r1edge.protocol.validation import ChatRequest, message_text
 from r1edge.resilience.breaker import BreakerSettings
 
@@ -70,6 +71,11 @@ class Auth(_Strict):
         return self
 
 
+#: Largest JSON answer read from an upstream by default (bytes): 8 MiB, far above any chat
+#: completion (32,768 tokens of text are well under 1 MiB).
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+
+
 class Endpoint(_Strict):
     """One OpenAI-compatible upstream.
 
@@ -88,6 +94,12 @@ class Endpoint(_Strict):
             which it is skipped (``None``: no limit).
         metrics: read the engine's load from its ``/metrics`` (vLLM or SGLang) and skip the
             endpoint while the load is at or over ``load.target``.
+        max_response_bytes: a JSON answer larger than this (bytes, after content-encoding is
+            undone; a ``Content-Length`` over it is refused unread) is a failed attempt, and no
+            more of it is read (default :data:`MAX_RESPONSE_BYTES`, 8 MiB).
+        max_sse_line_bytes: an SSE line, or the data of one event, longer than this (bytes) is a
+            failed attempt (before content) or truncates the stream (after); nothing more of it
+            is read (default :data:`~r1edge.protocol.sse.MAX_SSE_LINE_BYTES`, 1 MiB).
     """
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
@@ -101,6 +113,8 @@ class Endpoint(_Strict):
     timeouts: Timeouts = Timeouts()
     max_concurrency: int | None = Field(None, ge=1)
     metrics: bool = False
+    max_response_bytes: int = Field(MAX_RESPONSE_BYTES, ge=1024)
+    max_sse_line_bytes: int = Field(MAX_SSE_LINE_BYTES, ge=1024)
 
     @property
     def metrics_url(self) -> str:
@@ -325,6 +339,12 @@ class RoutingConfig(_Strict):
         cascade: :class:`Cascade` settings.
         max_body_bytes: request bodies larger than this (bytes, as received, before parsing) are
             refused with 413 (default 1 MiB).
+        max_json_depth: request bodies nested more than this many levels of arrays and objects
+            are refused with 400 ``json_too_deep`` (default 64; the body object is level 1), and
+            upstream answers (JSON bodies, SSE events) nested deeper are failed attempts. Held
+            between 16 (a completion with ``logprobs`` nests 9) and 256 (so the recursive code
+            behind the check, ``copy.deepcopy`` and the cache key's normalisation among it,
+            stays far from Python's recursion limit of 1000 frames).
         limits: :class:`InputLimits`: message count, text length and ``max_tokens`` per tier.
         forward_fields: request fields forwarded upstream besides OpenAI's own
             (:data:`r1edge.protocol.validation.FORWARDED_FIELDS`); any other unknown field is accepted
@@ -344,6 +364,7 @@ class RoutingConfig(_Strict):
     classifier: Classifier = Classifier()
     cascade: Cascade = Cascade()
     max_body_bytes: int = Field(1024 * 1024, ge=1)
+    max_json_depth: int = Field(MAX_JSON_DEPTH, ge=16, le=256)
     limits: InputLimits = InputLimits()
     forward_fields: list[str] = Field(default_factory=list)
     cache: Cache = Cache()

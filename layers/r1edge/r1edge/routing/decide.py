@@ -9,7 +9,7 @@ cluster to the edge takes the config's ``allow_degrade`` (for ``auto``) or the r
 
 from __future__ import annotations
 
-from r1edge.protocol.errors import ModelNotFound
+from r1edge.protocol.errors import ModelNotFound, quote
 from r1edge.protocol.validation import ChatRequest
 from r1edge.routing.classifier import Decision, classify
 from r1edge.routing.config import AUTO_MODEL, MODEL_TIERS, RoutingConfig
@@ -25,13 +25,13 @@ def decide(request: ChatRequest, config: RoutingConfig) -> Decision:
     """
     if request.model not in MODEL_TIERS:
         raise ModelNotFound(
-            f"The model '{request.model}' does not exist. Use one of: {', '.join(config.served_models())}.",
+            f"The model {quote(request.model)} does not exist. Use one of: {', '.join(config.served_models())}.",
             param="model",
         )
     forced = MODEL_TIERS[request.model]
     if forced is not None:
         if not config.tier_endpoints(forced):
-            raise ModelNotFound(f"The model '{request.model}' has no endpoint configured.", param="model")
+            raise ModelNotFound(f"The model {quote(request.model)} has no endpoint configured.", param="model")
         return Decision(forced, f"model:{request.model}", 0)
     decision = classify(request, config.classifier)
     if not config.tier_endpoints(decision.tier):

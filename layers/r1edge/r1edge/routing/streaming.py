@@ -20,7 +20,15 @@ import httpx
 from aws_lambda_powertools import Logger
 
 from r1edge.protocol.errors import OpenAIError
-from r1edge.protocol.sse import DONE, StreamTruncated, iter_chunks, sse_data, truncated_event
+from r1edge.protocol.sse import (
+    DONE,
+    MAX_JSON_DEPTH,
+    MAX_SSE_LINE_BYTES,
+    StreamTruncated,
+    iter_chunks,
+    sse_data,
+    truncated_event,
+)
 from r1edge.resilience.balancer import EndpointState
 from r1edge.routing.attempts import Host, RetryLoop
 from r1edge.routing.routed import Routed, header_confidence, relayed_headers
@@ -29,6 +37,11 @@ logger = Logger(service="r1edge-router", child=True)
 
 #: The SSE comment sent while a stream waits for its first content.
 KEEPALIVE = b": keep-alive\n\n"
+#: Chunks read ahead of the client: the reader waits when this many are queued, so a client
+#: slower than its upstream holds the upstream back (TCP flow control) instead of filling memory.
+READ_AHEAD = 64
+#: Chunks held before the first content (role-only or empty deltas); more is a failed attempt.
+MAX_CHUNKS_BEFORE_CONTENT = 1024
 
 
 class LowConfidence(Exception):
@@ -70,21 +83,30 @@ def has_content(chunk: dict[str, Any]) -> bool:
 
 class UpstreamStream:
     """An upstream SSE response read by a background task into a queue, so waits can time out
-    without breaking the stream (cancelling an ``__anext__`` mid-read would).
+    without breaking the stream (cancelling an ``__anext__`` mid-read would). The queue holds at
+    most :data:`READ_AHEAD` chunks, and at most :data:`MAX_CHUNKS_BEFORE_CONTENT` are held before
+    the first content: the memory a stream takes is bounded whatever the upstream sends.
 
     Args:
         response: a 200 ``text/event-stream`` response opened in streaming mode.
+        max_depth: most levels of nesting of one event's JSON (the config's ``max_json_depth``).
+        max_line_bytes: longest SSE line or event data read, bytes (the endpoint's
+            ``max_sse_line_bytes``).
     """
 
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(
+        self, response: httpx.Response, max_depth: int = MAX_JSON_DEPTH, max_line_bytes: int = MAX_SSE_LINE_BYTES
+    ) -> None:
         self.response = response
-        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.max_depth = max_depth
+        self.max_line_bytes = max_line_bytes
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=READ_AHEAD)
         self.buffered: list[dict[str, Any]] = []
         self.task = asyncio.create_task(self._pump())
 
     async def _pump(self) -> None:
         try:
-            async for chunk in iter_chunks(self.response):
+            async for chunk in iter_chunks(self.response, self.max_depth, self.max_line_bytes):
                 await self.queue.put(("chunk", chunk))
             await self.queue.put(("done", None))
         except StreamTruncated as exc:
@@ -113,7 +135,9 @@ class UpstreamStream:
                 self.buffered.append(item)
                 if has_content(item):
                     return "content"
-                continue
+                if len(self.buffered) <= MAX_CHUNKS_BEFORE_CONTENT:
+                    continue
+                kind, item = "error", f"more than {MAX_CHUNKS_BEFORE_CONTENT} chunks without content"
             state = loop.current
             if kind == "timeout":
                 if loop.first_byte_left(state) > 0:
@@ -134,6 +158,11 @@ class UpstreamStream:
             await self.task
 
 
+def _upstream_stream(host: Host, state: EndpointState, response: httpx.Response) -> UpstreamStream:
+    """Read ``response`` within the config's depth limit and the endpoint's line limit."""
+    return UpstreamStream(response, host.config.max_json_depth, state.endpoint.max_sse_line_bytes)
+
+
 async def open_stream(host: Host, loop: RetryLoop) -> Routed:
     """Open a stream and hold the client's response until the first content chunk, so that a
     failure before any content falls back silently with accurate headers; if no content
@@ -152,7 +181,7 @@ async def open_stream(host: Host, loop: RetryLoop) -> Routed:
             state.in_flight -= 1
             loop.succeeded(state)
             raise LowConfidence(confidence)
-        upstream = UpstreamStream(response)
+        upstream = _upstream_stream(host, state, response)
         result = await upstream.first_content(min(host.config.keepalive_interval, loop.first_byte_left(state)), loop)
         if result == "failed":
             await upstream.aclose()
@@ -200,7 +229,7 @@ async def relay(
                 except OpenAIError as exc:  # keep-alive bytes were sent: a truncated stream
                     yield truncated_event(f"{exc.code}: {exc.message}")
                     return
-                upstream = current = UpstreamStream(response)
+                upstream = current = _upstream_stream(host, state, response)
         finished = any(has_finish_reason(c) for c in upstream.buffered)
         for chunk in upstream.buffered:
             _count_usage(host, loop, state, chunk)

@@ -18,13 +18,60 @@ from typing import Any
 import httpx
 
 from r1edge import env
-from r1edge.headers import AUTHORIZATION, CONTENT_TYPE, X_REQUEST_ID
+from r1edge.headers import AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, X_REQUEST_ID
 from r1edge.protocol.errors import UpstreamError
 from r1edge.routing.config import Endpoint
 
 #: Pool limits for the shared client; a Lambda container serves one request at a time, the
 #: local router many.
 POOL_LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=30)
+
+
+#: Most bytes of an upstream's error body read (its message is cut to 1000 characters anyway).
+MAX_ERROR_BODY_BYTES = 64 * 1024
+
+
+class ResponseTooLarge(ValueError):
+    """An upstream body is larger than the limit it is read under (nothing past it was read).
+
+    Attributes:
+        limit: the limit, bytes.
+    """
+
+    def __init__(self, limit: int, declared: str | None = None) -> None:
+        size = f"of Content-Length {declared[:24]} " if declared else ""
+        super().__init__(f"upstream body {size}is larger than {limit} bytes (the limit, max_response_bytes)")
+        self.limit = limit
+
+
+async def read_limited(response: httpx.Response, limit: int) -> bytes:
+    """Read a streamed response's body, at most ``limit`` bytes of it.
+
+    A ``Content-Length`` over ``limit`` (ASCII digits, RFC 9110 §8.6) is refused before any byte
+    is read; otherwise the body is read with ``response.aiter_bytes()`` (content-encoding undone,
+    so the limit holds for the decoded bytes) and reading stops at the first read that passes the
+    limit. The caller closes the response.
+
+    Args:
+        response: a response opened with ``stream=True``.
+        limit: most bytes accepted.
+
+    Returns:
+        The body, at most ``limit`` bytes.
+
+    Raises:
+        ResponseTooLarge: the body is (or says it is) larger than ``limit`` (a ``ValueError``).
+        httpx.HTTPError: reading failed.
+    """
+    declared = response.headers.get(CONTENT_LENGTH, "")
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+        raise ResponseTooLarge(limit, declared)
+    body = bytearray()
+    async for read in response.aiter_bytes():
+        body += read
+        if len(body) > limit:
+            raise ResponseTooLarge(limit)
+    return bytes(body)
 
 
 def _read_secret(name: str) -> str:
