@@ -516,6 +516,7 @@ def test_fuzzed_requests_to_every_route_never_get_a_5xx(stack, capsys, quiet_log
     refused: set[str] = set()
     failures: list[str] = []
     known_jobs: list[str] = []
+    kinds: Counter[str] = Counter()  # failures by status, exception and route
     started = time.perf_counter()
 
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -547,6 +548,7 @@ def test_fuzzed_requests_to_every_route_never_get_a_5xx(stack, capsys, quiet_log
             if answer.status >= 500 or answer.error:
                 where = f" [{answer.error}]" if answer.error else ""
                 failures.append(f"{answer.status}{where} {method} {target[:80]} {body[:160]!r} {headers[:6]}")
+                kinds[f"{answer.status}{where} {method} {route}"] += 1
                 return
             if made and not (route == "chat" and method == "POST"):
                 failures.append(f"{made} upstream calls for {method} {target[:80]}")
@@ -576,6 +578,7 @@ def test_fuzzed_requests_to_every_route_never_get_a_5xx(stack, capsys, quiet_log
             label: {str(k): v for k, v in sorted(counts.items())} for label, counts in sorted(by_route.items())
         },
         "server_errors": sum(v for k, v in statuses.items() if k >= 500),
+        "failure_kinds": dict(kinds.most_common()),
         "first_failures": failures[:20],
         "upstream_calls": upstream.calls,
         "health_probes": upstream.probes,
