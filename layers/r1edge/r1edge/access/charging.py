@@ -57,25 +57,42 @@ async def _charge(request: Request, prompt: int, completion: int, classifier: Es
     return put(request.scope, replace(context, ratelimit=status, charge=charge))
 
 
-async def admit_chat(request: Request, messages: list[dict[str, Any]], max_tokens: int, classifier: Estimator) -> None:
+async def admit_chat(
+    request: Request, messages: list[dict[str, Any]], max_tokens: int, classifier: Estimator, n: int | None = None
+) -> None:
     """Called by the chat handler once a request is valid: take its estimated tokens (prompt
-    estimate plus ``max_tokens``; ``classifier`` gives ``chars_per_token``) from its key's token
-    bucket, and log its messages when ``R1EDGE_LOG_CONTENT=true``. The middleware settles the
+    estimate plus ``n × max_tokens``; ``classifier`` gives ``chars_per_token``) from its key's
+    token bucket, and log its messages when ``R1EDGE_LOG_CONTENT=true``. The middleware settles the
     charge when the answer has ended. Without the middleware, nothing happens.
+
+    Args:
+        max_tokens: the completion budget of one choice (tokens): the request's ``max_tokens``,
+            or ``classifier.default_completion_tokens`` when absent.
+        n: the request's ``n`` (choices; ``None``: absent, one). Each choice is a completion of
+            up to ``max_tokens`` tokens, billed as such (OpenAI API reference, Chat Completions,
+            ``n``: "you will be charged based on the number of generated tokens across all of the
+            choices").
 
     Raises:
         RateLimited: 429 type ``tokens`` with ``Retry-After``.
     """
     prompt = estimate_prompt_tokens(messages, classifier.chars_per_token)
-    context = await _charge(request, prompt, max_tokens, classifier)
+    context = await _charge(request, prompt, completion_budget(max_tokens, n), classifier)
     if context is not None and context.log_content:
         logger.info("chat request content", extra={"request_id": request_id(), "messages": messages})
 
 
+def completion_budget(max_tokens: int, n: Any) -> int:
+    """The completion tokens a request may generate: ``n`` choices (``None``: one) of up to
+    ``max_tokens`` tokens each."""
+    return max_tokens * (n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1)
+
+
 async def admit_jobs(request: Request, requests: list[dict[str, Any]], classifier: Estimator) -> None:
     """Called by ``POST /v1/jobs`` once a submission is valid: take the estimated tokens of all
-    its requests (prompt estimate plus ``max_tokens`` each, the job cap when absent) from the
-    key's token bucket at once. A job is paid up front: the charge is kept (:func:`keep_charge`)
+    its requests (prompt estimate plus ``n × max_tokens`` each, ``max_tokens`` being the job cap
+    when absent, as :func:`r1edge.jobs.service.parse_submission` fills it in) from the key's
+    token bucket at once. A job is paid up front: the charge is kept (:func:`keep_charge`)
     and recorded in the usage table under route ``queue`` as that estimate, since the worker
     answers after this request has ended. Without the middleware, nothing happens.
 
@@ -83,7 +100,9 @@ async def admit_jobs(request: Request, requests: list[dict[str, Any]], classifie
         RateLimited: 429 type ``tokens`` with ``Retry-After``.
     """
     prompt = sum(estimate_prompt_tokens(r.get("messages") or [], classifier.chars_per_token) for r in requests)
-    completion = sum(int(r.get("max_completion_tokens") or r.get("max_tokens") or 0) for r in requests)
+    completion = sum(
+        completion_budget(int(r.get("max_completion_tokens") or r.get("max_tokens") or 0), r.get("n")) for r in requests
+    )
     context = await _charge(request, prompt, completion, classifier)
     if context is not None:
         put(request.scope, replace(context, kept=Usage(prompt, completion)))

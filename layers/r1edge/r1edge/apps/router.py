@@ -133,9 +133,8 @@ def create_app(
         deadline = request_deadline(context, gateway.config.deadline, wall_clock())
         degrade = request.headers.get(X_R1EDGE_ALLOW_DEGRADE, "").strip().lower() in ("1", "true", "yes")
         classifier = gateway.config.classifier
-        await charging.admit_chat(
-            request, chat.messages, chat.max_tokens or classifier.default_completion_tokens, classifier
-        )
+        budget = chat.max_tokens or classifier.default_completion_tokens
+        await charging.admit_chat(request, chat.messages, budget, classifier, chat.body.get("n"))
         cache: ResponseCache = request.app.state.cache
         rid, tenant, cache_control = web.request_id(), web.tenant(request), request.headers.get(CACHE_CONTROL)
         try:

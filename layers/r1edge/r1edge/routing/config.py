@@ -299,18 +299,24 @@ class TierLimits(_Strict):
         max_messages: most messages in ``messages``.
         max_content_chars: most characters of message text, all messages together.
         max_tokens: largest ``max_tokens``/``max_completion_tokens`` accepted (tokens).
+        max_n: largest ``n`` (choices generated per request) accepted. Each choice is a whole
+            generation of up to ``max_tokens`` tokens, so ``n`` multiplies a request's GPU time
+            and its token charge (:func:`r1edge.access.charging.admit_chat`).
     """
 
     max_messages: int = Field(1000, ge=1)
     max_content_chars: int = Field(1_000_000, ge=1)
     max_tokens: int = Field(32768, ge=1)
+    max_n: int = Field(8, ge=1)
 
 
 class InputLimits(_Strict):
     """:class:`TierLimits` per tier. The edge's ``max_tokens`` default (4096) is twice its
-    default context window; the cluster's (32768) is DeepSeek-R1's longest answer."""
+    default context window; the cluster's (32768) is DeepSeek-R1's longest answer. The edge's
+    ``max_n`` default is 1: the edge model server generates one choice
+    (:func:`r1edge.edge.app.completion_kwargs` refuses any other ``n``); the cluster's is 8."""
 
-    edge: TierLimits = TierLimits(max_tokens=4096)
+    edge: TierLimits = TierLimits(max_tokens=4096, max_n=1)
     cluster: TierLimits = TierLimits()
 
     def for_tier(self, tier: str) -> TierLimits:
@@ -525,7 +531,8 @@ def check_tier_limits(request: ChatRequest, limits: TierLimits, tier: str) -> No
         InvalidRequest: ``messages`` longer than ``max_messages`` (code ``array_above_max_length``);
             message text over ``max_content_chars`` characters in all (``string_above_max_length``,
             ``param`` naming the message that crosses the cap); ``max_tokens`` (or
-            ``max_completion_tokens``) over ``max_tokens`` (``invalid_value``).
+            ``max_completion_tokens``) over ``max_tokens`` (``invalid_value``); ``n`` over
+            ``max_n`` (``param: "n"``, ``invalid_value``).
     """
     if len(request.messages) > limits.max_messages:
         raise InvalidRequest(
@@ -548,5 +555,13 @@ def check_tier_limits(request: ChatRequest, limits: TierLimits, tier: str) -> No
             f"'{name}' is too large: {request.max_tokens}. The {tier} tier supports at most {limits.max_tokens} "
             "completion tokens.",
             param=name,
+            code="invalid_value",
+        )
+    n = request.body.get("n")  # validated: a JSON integer >= 1, or absent/null
+    if n is not None and n > limits.max_n:
+        raise InvalidRequest(
+            f"'n' is too large: {n}. The {tier} tier generates at most {limits.max_n} "
+            f"choice{'s' if limits.max_n != 1 else ''} per request.",
+            param="n",
             code="invalid_value",
         )
