@@ -4,7 +4,7 @@ uvicorn 0.54 bounds the time between requests on a connection (``--timeout-keep-
 default) and nothing else: its keep-alive timer starts only once a response is complete, and any
 byte received stops it. So a connection that never sends a request, a request head sent a byte
 at a time, or the rest of a body the app already answered without reading, holds a connection
-(and a file descriptor) for ever (docs/ARCHITECTURE.md, "Limits on clients"). ASGI middleware
+(and a file descriptor) for ever (README, decisions log: "Time limits on clients"). ASGI middleware
 cannot help: the app is called only once the whole head has arrived.
 
 :class:`BoundedH11Protocol` is uvicorn's own ``H11Protocol`` (h11, the pure-Python parser uvicorn
