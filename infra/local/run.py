@@ -48,6 +48,7 @@ from pathlib import Path
 import httpx
 
 from r1edge.edge.model import resolve_model_path
+from r1edge.protocol.server import HTTP_PROTOCOL
 from r1edge.routing.config import dump_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,6 +130,11 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def uvicorn_argv(function: str, host: str, port: int, app_dir: Path | None = None) -> list[str]:
+    """The uvicorn command line of the router (``function`` ``router``, or ``localapp`` with its
+    ``app_dir``) and the edge (``edge``): h11 with the time limits on clients of
+    :mod:`r1edge.protocol.server` (``R1EDGE_HEADER_TIMEOUT``; the keep-alive limit from
+    ``UVICORN_TIMEOUT_KEEP_ALIVE``, which uvicorn reads itself), as functions/router/run.sh and
+    the edge's Dockerfile start them."""
     return [
         sys.executable,
         "-m",
@@ -141,6 +147,8 @@ def uvicorn_argv(function: str, host: str, port: int, app_dir: Path | None = Non
         "--port",
         str(port),
         "--no-access-log",
+        "--http",
+        HTTP_PROTOCOL,
         "--timeout-graceful-shutdown",
         "1",
     ]

@@ -11,6 +11,12 @@ R1EDGE_CONFIG_MAX_AGE = "R1EDGE_CONFIG_MAX_AGE"
 R1EDGE_DEADLINE = "R1EDGE_DEADLINE"
 R1EDGE_MAX_BODY_BYTES = "R1EDGE_MAX_BODY_BYTES"
 
+# Time limits on clients, for the router and the edge server as uvicorn serves them
+# (r1edge.protocol.server, r1edge.protocol.web.read_body); uvicorn reads its own keep-alive limit
+R1EDGE_HEADER_TIMEOUT = "R1EDGE_HEADER_TIMEOUT"
+R1EDGE_BODY_TIMEOUT = "R1EDGE_BODY_TIMEOUT"
+UVICORN_TIMEOUT_KEEP_ALIVE = "UVICORN_TIMEOUT_KEEP_ALIVE"
+
 # The response cache
 R1EDGE_CACHE_ENABLED = "R1EDGE_CACHE_ENABLED"
 R1EDGE_CACHE_TTL = "R1EDGE_CACHE_TTL"

@@ -18,6 +18,7 @@ LOCATION = "Location"
 AUTHORIZATION = "Authorization"
 IDEMPOTENCY_KEY = "Idempotency-Key"
 PREFERENCE_APPLIED = "Preference-Applied"
+CONNECTION = "Connection"
 
 # Fields r1edge only reads
 PREFER = "prefer"

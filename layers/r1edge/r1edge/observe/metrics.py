@@ -39,7 +39,10 @@ Events and their names (Prometheus; EMF, unit and dimensions besides ``service``
 Label values: ``route`` is the HTTP route template (``/v1/chat/completions``); ``tier`` is how the
 answer was served, as in ``x-r1edge-route`` (``edge``, ``cluster``, ``cache``, ``queue``; ``none``
 when no tier answered); ``endpoint`` is ``x-r1edge-upstream`` (``none`` when none answered);
-``status`` is the HTTP status code.
+``status`` is the HTTP status code, or ``499`` (nginx's "client closed request",
+:data:`r1edge.protocol.web.CLIENT_CLOSED_REQUEST`) when the client went away before an answer
+started: the app answered 499, or answered nothing (or failed) after ``receive`` reported
+``http.disconnect``. A ``500`` is an answer that never started while the client was still there.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from r1edge import env
 from r1edge.headers import CONTENT_TYPE, X_CACHE, X_R1EDGE_ROUTE, X_R1EDGE_UPSTREAM
+from r1edge.protocol.web import CLIENT_CLOSED_REQUEST
 
 #: Default CloudWatch namespace (``POWERTOOLS_METRICS_NAMESPACE`` overrides it).
 DEFAULT_NAMESPACE = "r1edge"
@@ -320,7 +324,9 @@ class MetricsMiddleware:
     ``x-r1edge-route``/``x-r1edge-upstream`` headers, the first body chunk that completes an SSE
     event with data (read by :class:`~r1edge.protocol.sse.SSEDecoder`, so comments such as
     ``: keep-alive`` never count), the last byte — then flushes the EMF buffer (one batch per
-    request). Paths in :data:`UNCOUNTED_PATHS` are passed through.
+    request). Paths in :data:`UNCOUNTED_PATHS` are passed through. A request with no answer
+    started counts as ``499`` when its client had left (``receive`` gave ``http.disconnect``),
+    else ``500``.
 
     Args:
         app: the wrapped ASGI app.
@@ -338,7 +344,14 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = self.clock()
-        seen: dict[str, Any] = {"status": 500, "tier": NONE, "endpoint": NONE, "events": None, "first": None}
+        seen: dict[str, Any] = {"status": None, "tier": NONE, "endpoint": NONE, "events": None, "first": None}
+        left = False
+
+        async def watch() -> Message:
+            nonlocal left
+            message = await receive()
+            left = left or message["type"] == "http.disconnect"
+            return message
 
         async def observe(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -363,8 +376,10 @@ class MetricsMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, observe)
+            await self.app(scope, watch, observe)
         finally:
+            if seen["status"] is None:  # no answer started: the client left, or the app failed
+                seen["status"] = CLIENT_CLOSED_REQUEST if left else 500
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             ended = self.clock()

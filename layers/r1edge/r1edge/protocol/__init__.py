@@ -7,6 +7,8 @@
 - :mod:`~r1edge.protocol.reasoning` — splitting ``<think>`` text into ``reasoning_content``.
 - :mod:`~r1edge.protocol.tokens` — token estimates from text (no tokenizer).
 - :mod:`~r1edge.protocol.web` — Starlette glue: request ids, tenants, error responses.
+- :mod:`~r1edge.protocol.server` — the HTTP/1.1 server protocol (uvicorn's h11 one) with time
+  limits on clients: idle connections, request heads.
 
 Entry points: :func:`~r1edge.protocol.validation.validate_chat_request`,
 :class:`~r1edge.protocol.errors.OpenAIError`. Imports nothing else from r1edge but the constants

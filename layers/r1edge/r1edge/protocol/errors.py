@@ -141,6 +141,16 @@ class RequestTooLarge(OpenAIError):
     code = "request_too_large"
 
 
+class RequestTimeout(OpenAIError):
+    """408 ``request_timeout``: the client stopped sending its request body for longer than the
+    body read limit (``R1EDGE_BODY_TIMEOUT`` seconds); answered with ``Connection: close``, as RFC
+    9110 section 15.5.9 advises, since the rest of the body may still arrive."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class RateLimited(OpenAIError):
     """429 ``rate_limit_exceeded`` (type ``requests``): retry after ``Retry-After`` seconds."""
 
