@@ -78,3 +78,19 @@ def test_a_job_is_charged_and_recorded_as_n_times_max_tokens(stack, body, prompt
     assert response.status_code == 202, response.text
     assert response.headers["x-ratelimit-remaining-tokens"] == str(TPM - (prompt + completion_charge))
     assert guard.usage.store.items == {("acme", "2025-12-29#queue"): [1, prompt, completion_charge]}
+
+
+def test_the_meter_keeps_a_bounded_text_and_still_counts_every_character(monkeypatch):
+    import json as jsonlib
+
+    from r1edge.access import metering
+
+    monkeypatch.setattr(metering, "MAX_METERED_TEXT", 10)
+    meter = metering.Meter()
+    meter.start({"status": 200, "headers": [(b"content-type", b"text/event-stream"), (b"x-r1edge-route", b"edge")]})
+    for _ in range(100):
+        event = {"choices": [{"index": 0, "delta": {"content": "abcd"}}]}
+        meter.feed(b"data: " + jsonlib.dumps(event).encode() + b"\n\n")
+    usage, text = meter.result(prompt_estimate=5, chars_per_token=4)
+    assert text == "abcdabcdab"  # 10 characters kept of 400
+    assert (usage.prompt_tokens, usage.completion_tokens) == (5, 100)  # 400 characters / 4

@@ -478,3 +478,19 @@ def test_a_waiting_request_is_bounded_by_its_own_deadline(tmp_path):
     assert error.status == 504
     assert answer.completion["choices"][0]["message"]["content"] == "late"
     assert gate.calls == 1
+
+
+def test_a_stream_over_the_entry_limit_is_relayed_whole_and_not_stored(tmp_path, monkeypatch):
+    from r1edge.cache import response as cache_response
+
+    monkeypatch.setattr(cache_response, "MAX_ENTRY_BYTES", 2048)
+    words = [f"w{i} " for i in range(200)]  # about 25 KiB of SSE, far over the 2 KiB limit
+    long = sse(*(chunk(w) for w in words), chunk(finish_reason="stop"))
+    fake = FakeUpstream({"edge-a": [sse_reply(long), json_reply(completion("whole"))]})
+    with client_for(make_app(fake, tmp_path)) as client:
+        streamed = client.post("/v1/chat/completions", json={**BODY, "stream": True})
+        again = client.post("/v1/chat/completions", json=BODY)
+    assert stream_text(streamed)[0] == "".join(words)  # the client still gets every word
+    assert stream_text(streamed)[2][-1] == "[DONE]"
+    assert (again.headers["x-cache"], content(again)) == ("MISS", "whole")  # nothing was stored
+    assert len(fake.calls) == 2

@@ -21,6 +21,9 @@ from r1edge.protocol.sse import SSEDecoder
 
 #: Most bytes of a JSON answer kept to read its ``usage`` (larger answers are estimated).
 MAX_METERED_JSON = 4 * 1024 * 1024
+#: Most characters of a streamed answer's text kept (for the content log); every character is
+#: still counted for the usage estimate, so an endless stream holds no more than this.
+MAX_METERED_TEXT = 1024 * 1024
 
 
 class Meter:
@@ -35,6 +38,7 @@ class Meter:
         self.sse = SSEDecoder()
         self.usage: Usage | None = None
         self.parts: list[str] = []
+        self.chars = 0  # characters of text seen, kept or not
 
     def start(self, message: Message) -> None:
         """Take the ``http.response.start`` message: status, route, and whether it is SSE."""
@@ -65,8 +69,12 @@ class Meter:
             part = choice.get(field) if isinstance(choice, dict) else None
             if isinstance(part, dict):
                 for name in ("content", "reasoning_content"):
-                    if isinstance(part.get(name), str):
-                        self.parts.append(part[name])
+                    text = part.get(name)
+                    if isinstance(text, str):
+                        room = MAX_METERED_TEXT - self.chars
+                        if room > 0:
+                            self.parts.append(text[:room])
+                        self.chars += len(text)
 
     def answered(self) -> bool:
         """Whether an upstream (or the cache) answered: status 200 with an ``x-r1edge-route``."""
@@ -74,7 +82,8 @@ class Meter:
 
     def result(self, prompt_estimate: int, chars_per_token: float) -> tuple[Usage, str]:
         """The answer's usage (its own, else estimated: ``prompt_estimate`` tokens and the
-        text's characters / ``chars_per_token``, rounded up) and its text."""
+        text's characters / ``chars_per_token``, rounded up) and its text (at most
+        :data:`MAX_METERED_TEXT` characters of it)."""
         if not self.stream and self.json:
             try:
                 completion = json.loads(bytes(self.json))
@@ -83,4 +92,4 @@ class Meter:
             self.usage = usage_of(completion)
             self._texts(completion, "message")
         text = "".join(self.parts)
-        return self.usage or Usage(prompt_estimate, math.ceil(len(text) / chars_per_token)), text
+        return self.usage or Usage(prompt_estimate, math.ceil(self.chars / chars_per_token)), text

@@ -44,6 +44,11 @@ from r1edge.routing.config import Cache
 
 logger = Logger(service="r1edge-router", child=True)
 
+#: Most bytes of a streamed answer the cache assembles to store (8 MiB, the default
+#: ``max_response_bytes`` of a JSON answer): a longer stream is relayed whole but not stored, and
+#: what was assembled is let go, so an endless cacheable stream holds no more than this.
+MAX_ENTRY_BYTES = 8 * 1024 * 1024
+
 
 @dataclass
 class Answer:
@@ -288,12 +293,18 @@ class ResponseCache:
     ) -> AsyncIterator[bytes]:
         """Pass ``stream`` through unchanged, assembling its chunks; on a clean ``data: [DONE]``
         after a complete answer, store it (before the ``[DONE]`` goes out) and hand it to the
-        waiting requests. A truncated stream, an error event or a client that goes away stores
-        nothing, and the waiting requests go upstream themselves."""
+        waiting requests. A truncated stream, an error event, a stream over
+        :data:`MAX_ENTRY_BYTES` or a client that goes away stores nothing, and the waiting
+        requests go upstream themselves."""
         assembler = StreamAssembler()
+        seen = 0
         try:
             async for data in stream:
-                for event in parse_events(data):
+                seen += len(data)
+                if seen > MAX_ENTRY_BYTES and not assembler.failed:
+                    assembler = StreamAssembler()  # too large to store: let go of what it held
+                    assembler.failed = True
+                for event in parse_events(data) if not assembler.failed else ():
                     if event == "[DONE]":
                         completion = assembler.result()
                         if completion is not None and complete_answer(completion):
