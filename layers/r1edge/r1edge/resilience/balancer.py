@@ -8,7 +8,11 @@ endpoint), then by priority, equal priorities sharing traffic by ``weight`` — 
 the preferred endpoint's latency estimate passes the threshold (default 500 ms) and another
 available endpoint is faster, traffic moves to the faster one, and moves back only once the
 preferred one is below ``threshold * hysteresis`` (so it does not flap).
-When every endpoint is open, the one whose cooldown ends first is probed.
+An open endpoint gets nothing until its cooldown has passed; then its breaker's one probe slot
+admits a single attempt at a time, across every request sharing the pool (see
+:mod:`r1edge.resilience.breaker`). When every endpoint is open, the one whose cooldown ended
+first is probed, and :meth:`Pool.choose` refuses everyone else: the caller answers 503 with
+:meth:`Pool.shortest_cooldown` as ``Retry-After``.
 
 Active health checks (:mod:`r1edge.observe.health`) add to this: an endpoint a fresh health record marks
 ``down`` is skipped while another of its tier is usable, and a record's engine load counts
@@ -17,6 +21,7 @@ toward ``at_capacity`` when the router has no ``/metrics`` reading of its own.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -162,36 +167,43 @@ class Pool:
         return candidates
 
     def choose(
-        self, tier: str, now: float, tried: dict[str, int], excluded: set[str], allow_forced_probe: bool = True
+        self,
+        tier: str,
+        now: float,
+        tried: dict[str, int],
+        excluded: set[str],
+        probe_lease: Callable[[EndpointState], float] | None = None,
     ) -> tuple[EndpointState | None, bool]:
-        """The endpoint for the next attempt (``None`` when none may be tried), and whether it is
-        a forced probe of an open breaker.
+        """The endpoint for the next attempt (``None`` when none may be tried now), and whether
+        the attempt holds that endpoint's half-open probe slot (``state.breaker.probe``, taken
+        by this call: the caller must :meth:`~r1edge.resilience.breaker.Probe.release` it when
+        the attempt ends, however it ends).
 
         Args:
             tier: ``edge`` or ``cluster``.
-            now: monotonic seconds, for breaker cooldowns.
+            now: monotonic seconds, for breaker cooldowns and probe leases.
             tried: attempts so far in this request, by endpoint name.
             excluded: endpoints taken out for this request (misconfigured, or a wait too long).
-            allow_forced_probe: whether, with every breaker open, one may be probed early (the
-                retry loop allows it once per request).
+            probe_lease: seconds a probe granted to an endpoint may stay out (the longest its
+                attempt can take); ``None``: until released.
         """
         usable = [s for s in self.tier(tier) if s.endpoint.name not in excluded and not s.at_capacity]
         if not usable:
             return None, False
-        # Endpoints the health table marks down are skipped while another is usable; with every
-        # one down, the passive signals (breakers) decide, since the table may lag a recovery.
-        usable = [s for s in usable if not s.down] or usable
-        ordered = self._latency_order(tier, self._weighted(usable))
-        ordered = sorted(ordered, key=lambda s: tried.get(s.endpoint.name, 0))  # stable: failover first
+        # Endpoints the health table marks down come last: they get an attempt only when no
+        # other endpoint's breaker admits one, since the table may lag a recovery.
+        up = [s for s in usable if not s.down]
+        down = [s for s in usable if s.down]
+        ordered = self._latency_order(tier, self._weighted(up or down)) + (self._weighted(down) if up else [])
+        if all(s.breaker.state is not State.CLOSED for s in ordered):
+            # Every one is open or probing: the one whose cooldown ended first is probed first.
+            ordered.sort(key=lambda s: s.breaker.opened_at + s.breaker.settings.cooldown)
+        ordered.sort(key=lambda s: tried.get(s.endpoint.name, 0))  # stable: failover first
         for state in ordered:
-            if state.breaker.allow(now):
-                return state, False
-        if not allow_forced_probe:
-            return None, False
-        # Every usable endpoint is open: probe the one whose cooldown ends first.
-        first = min(usable, key=lambda s: s.breaker.cooldown_remaining(now))
-        first.breaker.force_probe(now)
-        return first, True
+            probing = state.breaker.state is not State.CLOSED
+            if state.breaker.allow(now, math.inf if probe_lease is None else probe_lease(state)):
+                return state, probing
+        return None, False
 
     def overloaded(self, tier: str, excluded: set[str]) -> bool:
         """Whether every endpoint of the tier not taken out is at capacity."""
@@ -199,7 +211,17 @@ class Pool:
         return bool(usable) and all(s.at_capacity for s in usable)
 
     def shortest_cooldown(self, tier: str, now: float) -> float:
-        """Seconds until the first open breaker of the tier lets a probe through (0 if none is open)."""
+        """Seconds until the first blocked breaker of the tier may let an attempt through (0 if
+        none is blocked): over the open breakers (their cooldown left) and the half-open ones
+        with a probe out (its lease left), the least (see
+        :meth:`~r1edge.resilience.breaker.CircuitBreaker.blocked_for`; ``math.inf`` when the
+        only ones are probes without a lease)."""
         return min(
-            (s.breaker.cooldown_remaining(now) for s in self.tier(tier) if s.breaker.state is State.OPEN), default=0.0
+            (
+                s.breaker.blocked_for(now)
+                for s in self.tier(tier)
+                if s.breaker.state is State.OPEN
+                or (s.breaker.state is State.HALF_OPEN and s.breaker.probe_out(now) is not None)
+            ),
+            default=0.0,
         )

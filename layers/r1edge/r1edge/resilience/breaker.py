@@ -3,9 +3,17 @@ the ``now`` argument (seconds, monotonic).
 
 Closed: calls flow; it opens after ``failure_threshold`` consecutive failures, or when the error
 ratio over the last ``window`` seconds reaches ``error_ratio`` with at least ``min_calls`` calls.
-Open: calls are refused until ``cooldown`` seconds have passed. Half-open: one probe is let
-through; its success closes the breaker, its failure opens it again for another cooldown. (The
-pattern as in Nygard, "Release It!", and resilience4j's count/time-based windows.)
+Open: no call goes through until ``cooldown`` seconds have passed. Half-open: the breaker's one
+probe slot (:class:`Probe`) lets a single attempt through at a time; its success closes the
+breaker, its failure opens it again for another cooldown, and an attempt that ends with neither
+(cancelled, abandoned, a client fault) gives the slot back. (The pattern as in Nygard, "Release
+It!", and resilience4j's count/time-based windows; the single permitted call in half-open state
+as resilience4j's ``permittedNumberOfCallsInHalfOpenState: 1``.)
+
+The slot is per breaker, so per endpoint and process-wide: one router process shares its
+breakers between all of its concurrent requests (docs/ARCHITECTURE.md, Retry rules). A probe
+carries a lease — the monotonic time by which its attempt must have ended; a probe still out
+then is deemed lost and its slot freed, so no exit path that never runs can wedge the breaker.
 
 :class:`BreakerSettings` is also the routing config's ``breaker`` section
 (:class:`r1edge.routing.config.RoutingConfig`), validated by pydantic like the rest of it.
@@ -14,6 +22,7 @@ pattern as in Nygard, "Release It!", and resilience4j's count/time-based windows
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,16 +62,49 @@ class BreakerSettings(BaseModel):
     cooldown: float = Field(30.0, ge=0)
 
 
+@dataclass(eq=False)
+class Probe:
+    """The half-open probe slot of one breaker, as held by the one attempt it was granted to.
+
+    Attributes:
+        breaker: the breaker whose slot this is.
+        number: which probe of that breaker (1, 2, ...): a late :meth:`release` of an earlier
+            probe never frees a later one's slot.
+        until: monotonic seconds by which the probe's attempt must have ended (its lease;
+            ``math.inf``: no lease). After it the breaker deems the probe lost and frees its slot.
+    """
+
+    breaker: CircuitBreaker = field(repr=False)
+    number: int
+    until: float = math.inf
+
+    def renew(self, until: float) -> None:
+        """Move the lease to ``until`` (monotonic seconds), e.g. when the attempt starts after a
+        backoff wait."""
+        self.until = until
+
+    def release(self) -> None:
+        """Give the slot back (idempotent; a no-op once another probe holds it)."""
+        self.breaker.release_probe(self)
+
+
 @dataclass
 class CircuitBreaker:
     """One endpoint's breaker. Call :meth:`allow` before an attempt and exactly one of
-    :meth:`record_success` / :meth:`record_failure` after it (client faults are neither)."""
+    :meth:`record_success` / :meth:`record_failure` after it (client faults are neither).
+
+    Callers whose attempts overlap (the router's requests) keep the :class:`Probe` that
+    :meth:`allow` put in :attr:`probe` when it admitted their attempt as the probe, record
+    outcomes with :meth:`record` (naming that probe, or ``None``), and release the probe on
+    every other way out of the attempt (:meth:`Probe.release`)."""
 
     settings: BreakerSettings = field(default_factory=BreakerSettings)
     state: State = State.CLOSED
     consecutive_failures: int = 0
     opened_at: float = 0.0
-    probe_in_flight: bool = False
+    #: The probe out now, if any; kept across state changes until released or its lease ends.
+    probe: Probe | None = None
+    probes: int = 0  # probes granted so far (each probe's number)
     calls: deque[tuple[float, bool]] = field(default_factory=deque)  # (time, failed)
     #: Called with the new state on every change (metrics: breaker transitions); not part of
     #: the breaker's logic.
@@ -84,48 +126,81 @@ class CircuitBreaker:
             return 0.0
         return max(0.0, self.opened_at + self.settings.cooldown - now)
 
-    def allow(self, now: float) -> bool:
-        """Whether an attempt may go out now; moves open → half-open after the cooldown and then
-        admits a single probe."""
+    def probe_out(self, now: float) -> Probe | None:
+        """The probe out at ``now`` (monotonic seconds), if any; one past its lease is dropped."""
+        if self.probe is not None and now >= self.probe.until:
+            self.probe = None
+        return self.probe
+
+    def blocked_for(self, now: float) -> float:
+        """Seconds until this breaker may let an attempt through (0: now): the cooldown left
+        when open, else the lease left of the probe out (``math.inf`` for a probe without a
+        lease), whichever is longer; 0 when closed."""
+        if self.state is State.CLOSED:
+            return 0.0
+        probe = self.probe_out(now)
+        lease = probe.until - now if probe is not None else 0.0
+        return max(self.cooldown_remaining(now), lease)
+
+    def allow(self, now: float, lease: float = math.inf) -> bool:
+        """Whether an attempt may go out now (``now`` in monotonic seconds). Closed: yes. Open:
+        no until the cooldown has passed, then it moves to half-open. Half-open: yes only while
+        the probe slot is free; the attempt then holds it as :attr:`probe`, for at most
+        ``lease`` seconds (see :class:`Probe`)."""
         if self.state is State.OPEN and self.cooldown_remaining(now) == 0.0:
             self._enter(State.HALF_OPEN)
-            self.probe_in_flight = False
         if self.state is State.CLOSED:
             return True
-        if self.state is State.HALF_OPEN and not self.probe_in_flight:
-            self.probe_in_flight = True
+        if self.state is State.HALF_OPEN and self.probe_out(now) is None:
+            self.probes += 1
+            self.probe = Probe(self, self.probes, now + lease)
             return True
         return False
 
-    def force_probe(self, now: float) -> None:
-        """Let one probe through even though the cooldown has not ended (used when every
-        endpoint of a tier is open: the one whose cooldown ends first is probed)."""
-        self._enter(State.HALF_OPEN)
-        self.probe_in_flight = True
+    def release_probe(self, probe: Probe) -> None:
+        """Free the slot ``probe`` holds, if it still holds it. The state stays as it is: a
+        half-open breaker lets the next attempt probe."""
+        if self.probe is probe:
+            self.probe = None
 
-    def record_success(self, now: float) -> None:
-        self.calls.append((now, False))
-        self._trim(now)
-        self.consecutive_failures = 0
-        self._enter(State.CLOSED)
-        self.probe_in_flight = False
+    def record(self, now: float, failed: bool, probe: Probe | None) -> None:
+        """The outcome of one attempt at ``now`` (monotonic seconds), for callers that run
+        attempts concurrently. ``probe`` is the probe slot the attempt held, freed here; ``None``
+        for an attempt admitted while the breaker was closed, whose late outcome still counts
+        but leaves another attempt's probe slot held.
 
-    def record_failure(self, now: float) -> None:
-        self.calls.append((now, True))
+        A success closes the breaker. A failure opens a half-open breaker again for a new
+        cooldown, and a closed one on the thresholds (:class:`BreakerSettings`)."""
+        self.calls.append((now, failed))
         self._trim(now)
+        if probe is not None:
+            self.release_probe(probe)
+        if not failed:
+            self.consecutive_failures = 0
+            self._enter(State.CLOSED)
+            return
         self.consecutive_failures += 1
         if self.state is State.HALF_OPEN:
             self._open(now)
             return
-        failed = sum(1 for _, f in self.calls if f)
+        failures = sum(1 for _, f in self.calls if f)
         ratio_trips = (
-            len(self.calls) >= self.settings.min_calls and failed / len(self.calls) >= self.settings.error_ratio
+            len(self.calls) >= self.settings.min_calls and failures / len(self.calls) >= self.settings.error_ratio
         )
         if self.consecutive_failures >= self.settings.failure_threshold or ratio_trips:
             self._open(now)
 
+    def record_success(self, now: float) -> None:
+        """A usable answer at ``now`` (monotonic seconds), from the attempt :meth:`allow` admitted
+        last (a single caller's protocol: it frees the probe slot, if one is out); see :meth:`record`."""
+        self.record(now, False, self.probe)
+
+    def record_failure(self, now: float) -> None:
+        """A failure at ``now`` (monotonic seconds), from the attempt :meth:`allow` admitted
+        last (a single caller's protocol: it frees the probe slot, if one is out); see :meth:`record`."""
+        self.record(now, True, self.probe)
+
     def _open(self, now: float) -> None:
         self._enter(State.OPEN)
         self.opened_at = now
-        self.probe_in_flight = False
         self.calls.clear()
