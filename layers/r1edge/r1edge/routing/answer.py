@@ -47,36 +47,41 @@ async def answer(host: AnswerHost, loop: RetryLoop) -> Routed:
 
 async def read_completion(host: Host, loop: RetryLoop) -> Routed:
     """Read whole JSON completions until one parses; each unusable body (too large, too deep, not
-    a completion, or not read before the deadline) is a recorded failure, and the loop goes on to
-    its next response. Records the
-    answer's ``usage`` (tokens).
+    a completion, or not read before the deadline, or a probe's body before its lease ends) is a
+    recorded failure, and the loop goes on to its next response. Records the answer's ``usage``
+    (tokens). A probe slot the loop holds is given back however this ends (cancelled included).
 
     Raises:
         OpenAIError: as :meth:`RetryLoop.next_response <r1edge.routing.attempts.RetryLoop.next_response>`.
     """
     decision = loop.decision
-    while True:
-        state, response = await loop.next_response()
-        try:
-            with anyio.fail_after(max(0.0, loop.deadline_at - host.clock())):
-                raw = await read_limited(response, state.endpoint.max_response_bytes)
-            completion = parse_completion(raw, host.config.max_json_depth)
-        except (ValueError, httpx.HTTPError, TimeoutError) as exc:
-            loop.failed(
-                state,
-                f"unusable body: {type(exc).__name__}: {exc}",
-                timeout=isinstance(exc, (TimeoutError, httpx.TimeoutException)),
+    try:
+        while True:
+            state, response = await loop.next_response()
+            # A probe's body must come within its lease, so that the lease is a true bound.
+            until = loop.deadline_at if loop.probe is None else min(loop.deadline_at, loop.probe.until)
+            try:
+                with anyio.fail_after(max(0.0, until - host.clock())):
+                    raw = await read_limited(response, state.endpoint.max_response_bytes)
+                completion = parse_completion(raw, host.config.max_json_depth)
+            except (ValueError, httpx.HTTPError, TimeoutError) as exc:
+                loop.failed(
+                    state,
+                    f"unusable body: {type(exc).__name__}: {exc}",
+                    timeout=isinstance(exc, (TimeoutError, httpx.TimeoutException)),
+                )
+                continue
+            finally:
+                await response.aclose()
+                state.in_flight -= 1
+            loop.succeeded(state)
+            host.metrics.usage(decision.tier, state.endpoint.name, completion.get("usage"))
+            return Routed(
+                decision,
+                state.endpoint,
+                loop.total_attempts,
+                completion=completion,
+                upstream_headers=relayed_headers(response.headers),
             )
-            continue
-        finally:
-            await response.aclose()
-            state.in_flight -= 1
-        loop.succeeded(state)
-        host.metrics.usage(decision.tier, state.endpoint.name, completion.get("usage"))
-        return Routed(
-            decision,
-            state.endpoint,
-            loop.total_attempts,
-            completion=completion,
-            upstream_headers=relayed_headers(response.headers),
-        )
+    finally:
+        loop.release_probe()

@@ -10,6 +10,16 @@ full-jitter backoff with the upstream's ``Retry-After`` as a floor, and never pa
 SSE or fails before content). 400/413/422 are relayed at once with the upstream's message and
 leave the breaker alone. 401/403/404 take the endpoint out (logged loudly); with none left the
 client gets 502, never a 401 that blames its key. Backends never retry by themselves.
+
+Breakers (docs/ARCHITECTURE.md, Breaker and balancing): an open endpoint gets no attempt before
+its cooldown ends; then an attempt may hold its breaker's one probe slot
+(:class:`~r1edge.resilience.breaker.Probe`), shared by every request of the router process.
+The loop holds at most one probe at a time and gives it back when that attempt ends —
+recorded, cancelled, taken out, relayed as a client fault — and its callers
+(:mod:`~r1edge.routing.answer`, :mod:`~r1edge.routing.streaming`) release it in ``finally``
+when the response they own ends. A request that finds every endpoint of its tier open or
+probing fails fast: 503 ``overloaded`` with ``Retry-After`` = the seconds until the first
+cooldown ends or the first probe's attempt must have ended (at least 1).
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from r1edge.headers import CONTENT_TYPE, RETRY_AFTER
 from r1edge.protocol.errors import OpenAIError, Overloaded, RateLimited, UpstreamError, UpstreamTimeout
 from r1edge.protocol.validation import ChatRequest, upstream_body
 from r1edge.resilience.balancer import EndpointState, Pool
+from r1edge.resilience.breaker import Probe
 from r1edge.resilience.retry import Outcome, classify_status, parse_retry_after, wait_before_retry
 from r1edge.routing.classifier import Decision
 from r1edge.routing.config import RoutingConfig
@@ -119,7 +130,8 @@ class RetryLoop:
         self.retry_after: dict[str, float | None] = {}
         self.statuses: list[int] = []
         self.timeouts = 0
-        self.forced_probe_used = False
+        #: The probe slot this request's current attempt holds, if any (see :meth:`release_probe`).
+        self.probe: Probe | None = None
         self.current: EndpointState
         self.started_at: dict[str, float] = {}
         self.budget = self.max_attempts * max(1, len(host.config.tier_endpoints(decision.tier)))
@@ -140,6 +152,20 @@ class RetryLoop:
         budget = started + state.endpoint.timeouts.first_byte
         return max(0.0, min(budget, self.deadline_at) - self.host.clock())
 
+    def probe_lease(self, state: EndpointState) -> float:
+        """Seconds an attempt at ``state``'s endpoint may take before its outcome is known: the
+        endpoint's connect and first-byte timeouts, never past the deadline. A probe granted
+        to this request is out for at most this long (its lease)."""
+        timeouts = state.endpoint.timeouts
+        return max(0.0, min(timeouts.connect + timeouts.first_byte, self.deadline_at - self.host.clock()))
+
+    def release_probe(self) -> None:
+        """Give back the probe slot the current attempt holds, if any (idempotent). Called
+        after the attempt's outcome is recorded, and on every other way out of the attempt."""
+        probe, self.probe = self.probe, None
+        if probe is not None:
+            probe.release()
+
     def failed(
         self,
         state: EndpointState,
@@ -150,7 +176,8 @@ class RetryLoop:
     ) -> None:
         """Record a retryable failure of ``state``'s endpoint (breaker, notes, Retry-After in
         seconds, the HTTP status, whether it timed out)."""
-        state.breaker.record_failure(self.host.clock())
+        state.breaker.record(self.host.clock(), True, self.probe)
+        self.release_probe()
         self.notes.append(f"{state.endpoint.name}: {note}")
         self.retry_after[state.endpoint.name] = retry_after
         if status is not None:
@@ -170,7 +197,8 @@ class RetryLoop:
     def succeeded(self, state: EndpointState) -> None:
         """Record a usable answer from ``state``'s endpoint (breaker, time-to-first-byte sample)."""
         now = self.host.clock()
-        state.breaker.record_success(now)
+        state.breaker.record(now, False, self.probe)
+        self.release_probe()
         state.observe_ttfb(now - self.started_at.get(state.endpoint.name, now))
 
     def _give_up(self) -> OpenAIError:
@@ -190,8 +218,15 @@ class RetryLoop:
             )
         if self.timeouts and self.timeouts == len(self.notes):
             return UpstreamTimeout(f"Every {self.decision.tier} attempt timed out ({summary}).", headers=headers)
+        if not self.notes and cooldown > 0:  # nothing tried: every endpoint open or probing
+            wait = max(1, math.ceil(min(cooldown, MAX_RETRY_AFTER)))
+            return Overloaded(
+                f"Every {self.decision.tier} endpoint's circuit breaker is open or has its one probe out; "
+                f"retry in {wait} s.",
+                headers={**headers, RETRY_AFTER: str(wait)},
+            )
         if cooldown > 0 or busy:
-            wait = max(1, math.ceil(cooldown))
+            wait = max(1, math.ceil(min(cooldown, MAX_RETRY_AFTER)))
             return Overloaded(
                 f"Every {self.decision.tier} endpoint is failing ({summary}).",
                 headers={**headers, RETRY_AFTER: str(wait)},
@@ -200,21 +235,25 @@ class RetryLoop:
 
     async def next_response(self) -> tuple[EndpointState, httpx.Response]:
         """The next upstream response with status 200 (and SSE for streams), after whatever
-        waits and failovers it takes. The caller owns the response and the in-flight count.
+        waits and failovers it takes. The caller owns the response and the in-flight count,
+        and, when the attempt holds a probe slot (:attr:`probe`), the duty to record the
+        outcome (:meth:`succeeded` / :meth:`failed`) or :meth:`release_probe` however it ends.
 
         Raises:
             OpenAIError: a relayed client fault, or the final error when nothing is left
-                (one of :data:`UNAVAILABLE`: busy, failing, timed out, or no usable answer).
+                (one of :data:`UNAVAILABLE`: busy, failing, timed out, or no usable answer;
+                503 ``overloaded`` at once when every endpoint of the tier is open or probing).
         """
         host = self.host
+        self.release_probe()  # a caller that went on without recording gives it back here
         while self.attempts < self.budget:
             now = host.clock()
             if now >= self.deadline_at:
                 raise UpstreamTimeout(
                     f"No answer within the deadline ({'; '.join(self.notes) or 'no attempt'}).", headers=self.headers()
                 )
-            state, forced = host.pool.choose(
-                self.decision.tier, now, self.tried, self.excluded, allow_forced_probe=not self.forced_probe_used
+            state, probing = host.pool.choose(
+                self.decision.tier, now, self.tried, self.excluded, probe_lease=self.probe_lease
             )
             if state is None:
                 if host.pool.overloaded(self.decision.tier, self.excluded):
@@ -223,37 +262,53 @@ class RetryLoop:
                         headers={**self.headers(), RETRY_AFTER: "1"},
                     )
                 break
-            self.forced_probe_used = self.forced_probe_used or forced
-            name = state.endpoint.name
-            if self.tried.get(name, 0) >= self.max_attempts:
-                self.excluded.add(name)  # this endpoint has had its retries
-                continue
-            if self.tried.get(name):
-                wait = wait_before_retry(
-                    self.tried[name],
-                    host.config.retry.backoff_base,
-                    host.config.retry.backoff_cap,
-                    self.retry_after.get(name),
-                    host.rng,
-                )
-                if now + wait >= self.deadline_at:
-                    # Never sleep past the deadline: take this endpoint out and try another.
-                    self.excluded.add(name)
-                    self.notes.append(f"{name}: wait of {wait:.3g} s exceeds the time left")
-                    continue
-                await host.sleep(wait)
-            if self.tried.get(name):
-                host.metrics.retry(self.decision.tier, name)
-            elif self.attempts:
-                host.metrics.fallback(self.decision.tier, "endpoint")
-            self.attempts += 1
-            self.tried[name] = self.tried.get(name, 0) + 1
-            self.current = state
-            self.started_at[name] = host.clock()
-            response = await self._attempt(state)
+            self.probe = state.breaker.probe if probing else None
+            try:
+                response = await self._wait_and_attempt(state, now)
+            except BaseException:  # a client fault, or the request cancelled: the slot goes back
+                self.release_probe()
+                raise
             if response is not None:
                 return state, response
+            self.release_probe()  # skipped, taken out, or failed (recorded)
         raise self._give_up()
+
+    async def _wait_and_attempt(self, state: EndpointState, now: float) -> httpx.Response | None:
+        """Back off before a retry of ``state``'s endpoint (``now``: monotonic seconds when it
+        was chosen), then make the attempt: the response when usable, else ``None`` (the
+        endpoint had its retries, its wait would pass the deadline, or the attempt failed)."""
+        host = self.host
+        name = state.endpoint.name
+        if self.tried.get(name, 0) >= self.max_attempts:
+            self.excluded.add(name)  # this endpoint has had its retries
+            return None
+        if self.tried.get(name):
+            wait = wait_before_retry(
+                self.tried[name],
+                host.config.retry.backoff_base,
+                host.config.retry.backoff_cap,
+                self.retry_after.get(name),
+                host.rng,
+            )
+            if now + wait >= self.deadline_at:
+                # Never sleep past the deadline: take this endpoint out and try another.
+                self.excluded.add(name)
+                self.notes.append(f"{name}: wait of {wait:.3g} s exceeds the time left")
+                return None
+            if self.probe is not None:  # the slot stays held through the wait, then the attempt
+                self.probe.renew(min(now + wait + self.probe_lease(state), self.deadline_at))
+            await host.sleep(wait)
+            if self.probe is not None:  # the lease runs from the attempt's start
+                self.probe.renew(host.clock() + self.probe_lease(state))
+        if self.tried.get(name):
+            host.metrics.retry(self.decision.tier, name)
+        elif self.attempts:
+            host.metrics.fallback(self.decision.tier, "endpoint")
+        self.attempts += 1
+        self.tried[name] = self.tried.get(name, 0) + 1
+        self.current = state
+        self.started_at[name] = host.clock()
+        return await self._attempt(state)
 
     async def _attempt(self, state: EndpointState) -> httpx.Response | None:
         """One attempt: the response when usable (in-flight counted), else ``None`` (recorded)."""

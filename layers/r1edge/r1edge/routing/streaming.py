@@ -169,33 +169,41 @@ async def open_stream(host: Host, loop: RetryLoop) -> Routed:
     comes within ``keepalive_interval`` seconds, commit the response and keep waiting inside
     it, sending ``: keep-alive`` comments (see :func:`relay`).
 
+    A probe slot the loop holds goes with the held stream to :func:`relay` (which gives it
+    back when it ends); it is given back here when this ends any other way.
+
     Raises:
         LowConfidence: ``loop.min_confidence`` is set and the edge's confidence is under it.
         OpenAIError: as :meth:`RetryLoop.next_response <r1edge.routing.attempts.RetryLoop.next_response>`.
     """
-    while True:
-        state, response = await loop.next_response()
-        confidence = header_confidence(response.headers)
-        if loop.min_confidence is not None and confidence is not None and confidence < loop.min_confidence:
-            await response.aclose()
-            state.in_flight -= 1
-            loop.succeeded(state)
-            raise LowConfidence(confidence)
-        upstream = _upstream_stream(host, state, response)
-        result = await upstream.first_content(min(host.config.keepalive_interval, loop.first_byte_left(state)), loop)
-        if result == "failed":
-            await upstream.aclose()
-            state.in_flight -= 1
-            continue
-        if result == "content":
-            loop.succeeded(state)
-        return Routed(
-            loop.decision,
-            state.endpoint,
-            loop.total_attempts,
-            stream=relay(host, loop, state, upstream, content_started=result == "content"),
-            upstream_headers=relayed_headers(response.headers),
-        )
+    try:
+        while True:
+            state, response = await loop.next_response()
+            confidence = header_confidence(response.headers)
+            if loop.min_confidence is not None and confidence is not None and confidence < loop.min_confidence:
+                await response.aclose()
+                state.in_flight -= 1
+                loop.succeeded(state)
+                raise LowConfidence(confidence)
+            upstream = _upstream_stream(host, state, response)
+            wait = min(host.config.keepalive_interval, loop.first_byte_left(state))
+            result = await upstream.first_content(wait, loop)
+            if result == "failed":
+                await upstream.aclose()
+                state.in_flight -= 1
+                continue
+            if result == "content":
+                loop.succeeded(state)
+            return Routed(
+                loop.decision,
+                state.endpoint,
+                loop.total_attempts,
+                stream=relay(host, loop, state, upstream, content_started=result == "content"),
+                upstream_headers=relayed_headers(response.headers),
+            )
+    except BaseException:
+        loop.release_probe()
+        raise
 
 
 def _count_usage(host: Host, loop: RetryLoop, state: EndpointState, chunk: dict[str, Any]) -> None:
@@ -209,7 +217,9 @@ async def relay(
 ) -> AsyncIterator[bytes]:
     """The client's SSE stream. Before content: keep-alive comments, and silent fallback to
     the next endpoint on failure. After content: chunks as they arrive; a failure ends the
-    stream with ``upstream_stream_truncated`` and no ``[DONE]`` (docs/ARCHITECTURE.md, Errors)."""
+    stream with ``upstream_stream_truncated`` and no ``[DONE]`` (docs/ARCHITECTURE.md, Errors).
+    A probe slot the loop still holds (no content yet) is given back when the stream ends,
+    however it ends; one never iterated at all is freed by the probe's lease."""
     current: UpstreamStream | None = upstream
     try:
         while not content_started:
@@ -255,11 +265,12 @@ async def relay(
                     reason = "the request's deadline passed"
                 else:
                     reason = f"no data for {idle:g} s"
-                state.breaker.record_failure(host.clock())
+                state.breaker.record(host.clock(), True, None)  # content came: no probe held
                 logger.warning("stream cut after content", extra={"endpoint": state.endpoint.name, "reason": reason})
                 yield truncated_event(reason)
                 return
     finally:
+        loop.release_probe()
         if current is not None:
             await current.aclose()
             state.in_flight -= 1
