@@ -139,14 +139,32 @@ def test_failover_before_retrying_the_same_endpoint():
 
 
 def test_open_endpoints_are_skipped_and_all_open_probes_the_earliest_cooldown():
+    # Issue 19: this test asserted the defect — with both open at t=6, a was "force-probed"
+    # 24 s before its cooldown ended. Now nothing is chosen before a cooldown ends, and then
+    # one probe at a time.
     p = pool(endpoint("a", "cluster"), endpoint("b", "cluster", priority=1))
     p["a"].breaker.record_failure(0)
     assert p.choose("cluster", 1, {}, set())[0].endpoint.name == "b"
     p["b"].breaker.record_failure(5)
-    state, forced = p.choose("cluster", 6, {}, set())
-    assert (state.endpoint.name, forced) == ("a", True)
-    assert p.choose("cluster", 6, {}, set(), allow_forced_probe=False) == (None, False)
-    assert p.shortest_cooldown("cluster", 6) == 29  # a is being probed; b opened at 5
+    assert p.choose("cluster", 6, {}, set()) == (None, False)  # both open: no one reaches them
+    assert p.shortest_cooldown("cluster", 6) == 24  # a opened at 0, cooldown 30
+    state, probing = p.choose("cluster", 30, {}, set(), probe_lease=lambda s: 10)
+    assert (state.endpoint.name, probing) == ("a", True)  # a's cooldown ended first
+    assert state.breaker.probe is not None
+    assert state.breaker.probe.until == 40
+    assert p.choose("cluster", 31, {}, set()) == (None, False)  # a's probe is out, b still cooling
+    assert p.shortest_cooldown("cluster", 31) == 4  # b's cooldown ends at 35, a's probe at 40
+
+
+def test_with_every_endpoint_open_the_one_whose_cooldown_ended_first_is_probed_not_the_preferred():
+    p = pool(endpoint("a", "cluster"), endpoint("b", "cluster", priority=1))
+    p["b"].breaker.record_failure(0)
+    p["a"].breaker.record_failure(5)
+    state, probing = p.choose("cluster", 40, {}, set())  # both cooled down; b's ended at 30, a's at 35
+    assert (state.endpoint.name, probing) == ("b", True)
+    state, probing = p.choose("cluster", 40, {}, set())  # b's slot is taken: a has its own
+    assert (state.endpoint.name, probing) == ("a", True)
+    assert p.choose("cluster", 40, {}, set()) == (None, False)
 
 
 def test_latency_switch_moves_traffic_and_moves_back_only_with_hysteresis():
