@@ -247,8 +247,11 @@ def test_client_disconnect_mid_stream_closes_the_upstream_connection():
 
 
 def test_breaker_opens_then_a_half_open_probe_gets_a_later_request_through():
+    # Issue 19: the script had a third 500, so the probe failed and the request's retry went
+    # to the endpoint whose breaker had just re-opened (a forced probe): the defect. The probe
+    # now gets the answer that closes the breaker.
     clock = FakeClock()
-    script = [Fault(500), Fault(500), Fault(500), Fault()]
+    script = [Fault(500), Fault(500), Fault()]
     settings = {"breaker": {"failure_threshold": 2, "cooldown": 30}, "retry": {"max_attempts": 2}}
     with FaultServer("r1", script) as r1, router(clock, r1, **settings) as client:
         first = client.post("/v1/chat/completions", json=HELLO)
@@ -260,7 +263,22 @@ def test_breaker_opens_then_a_half_open_probe_gets_a_later_request_through():
         second = client.post("/v1/chat/completions", json=HELLO)
     assert second.status_code == 200
     assert breaker.state.value == "closed"
-    assert len(r1.calls) == 4
+    assert len(r1.calls) == 3
+
+
+def test_a_failed_probe_reopens_the_breaker_and_the_request_does_not_retry_into_it():
+    clock = FakeClock()
+    script = [Fault(500), Fault(500), Fault(500), Fault()]
+    settings = {"breaker": {"failure_threshold": 2, "cooldown": 30}, "retry": {"max_attempts": 2}}
+    with FaultServer("r1", script) as r1, router(clock, r1, **settings) as client:
+        client.post("/v1/chat/completions", json=HELLO)  # opens the breaker
+        clock.offset += 31
+        second = client.post("/v1/chat/completions", json=HELLO)  # the probe fails: open again
+        breaker = client.app.state.gateway.pool["r1"].breaker
+    assert second.status_code == 503
+    assert second.headers["Retry-After"] == "30"
+    assert breaker.state.value == "open"
+    assert len(r1.calls) == 3  # no retry into the breaker it just re-opened
 
 
 def test_when_every_breaker_is_open_the_one_cooling_down_first_is_probed():
@@ -275,7 +293,15 @@ def test_when_every_breaker_is_open_the_one_cooling_down_first_is_probed():
         assert first.status_code == 503
         pool = client.app.state.gateway.pool
         assert pool["a"].breaker.state.value == pool["b"].breaker.state.value == "open"
-        second = client.post("/v1/chat/completions", json=HELLO)  # no cooldown over: probe a (opened first)
+        # Issue 19: this request used to "force-probe" a 60 s before its cooldown ended. No
+        # request reaches an open endpoint before its cooldown: it fails fast.
+        shed = client.post("/v1/chat/completions", json=HELLO)
+        assert (len(a.calls), len(b.calls)) == (1, 1)
+        clock.offset += 61  # both cooldowns over: a's ended first (a opened first)
+        second = client.post("/v1/chat/completions", json=HELLO)
+    assert shed.status_code == 503
+    assert shed.json()["error"]["code"] == "overloaded"
+    assert 1 <= int(shed.headers["Retry-After"]) <= 60
     assert second.status_code == 200
     assert second.headers["x-r1edge-upstream"] == "a"
     assert (len(a.calls), len(b.calls)) == (2, 1)
