@@ -7,8 +7,10 @@ Open: no call goes through until ``cooldown`` seconds have passed. Half-open: th
 probe slot (:class:`Probe`) lets a single attempt through at a time; its success closes the
 breaker, its failure opens it again for another cooldown, and an attempt that ends with neither
 (cancelled, abandoned, a client fault) gives the slot back. (The pattern as in Nygard, "Release
-It!", and resilience4j's count/time-based windows; the single permitted call in half-open state
-as resilience4j's ``permittedNumberOfCallsInHalfOpenState: 1``.)
+It!", and resilience4j's count/time-based windows; one call in half-open state is resilience4j's
+``permittedNumberOfCallsInHalfOpenState`` set to 1, its default being 10.) The lease is what
+resilience4j issue #903, "CircuitBreaker stuck in half open", lacked: a call that never
+completes holds its half-open permit forever.
 
 The slot is per breaker, so per endpoint and process-wide: one router process shares its
 breakers between all of its concurrent requests (docs/ARCHITECTURE.md, Retry rules). A probe
