@@ -100,3 +100,10 @@ def test_the_architecture_is_documented_inside_the_repository():
         ["git", "grep", "-l", "DESIGN" + ".md", "--", ":!docs/"], cwd=ROOT, capture_output=True, text=True
     ).stdout.split()
     assert found == []
+
+
+def test_test_file_names_are_unique():
+    # tests/ has no __init__.py files, so pytest imports each test file by its bare name: two files
+    # of one name in different folders cannot both be collected.
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
