@@ -28,7 +28,8 @@ from r1edge.access import charging
 from r1edge.access.guard import Guard, log_content_enabled
 from r1edge.access.middleware import ApiKeyMiddleware
 from r1edge.aws.lambda_context import in_lambda, request_deadline
-from r1edge.cache.response import ResponseCache
+from r1edge.cache.response import Answer, ResponseCache
+from r1edge.dialects.pipeline import ChatPipeline
 from r1edge.headers import CACHE_CONTROL, X_AMZN_LAMBDA_CONTEXT, X_R1EDGE_ALLOW_DEGRADE
 from r1edge.jobs import api as jobsapi
 from r1edge.jobs.service import JobService
@@ -37,7 +38,7 @@ from r1edge.observe.metrics import PROMETHEUS_CONTENT_TYPE, MetricsMiddleware, R
 from r1edge.protocol import web
 from r1edge.protocol.errors import Overloaded, RateLimited
 from r1edge.protocol.sse import SSE_HEADERS
-from r1edge.protocol.validation import parse_json_body, validate_chat_request
+from r1edge.protocol.validation import ChatRequest, parse_json_body, validate_chat_request
 from r1edge.routing.config import RoutingConfig, config_from_env
 from r1edge.routing.gateway import Gateway
 from r1edge.routing.reload import ConfigReloader
@@ -125,10 +126,16 @@ def create_app(
                 gateway.reconfigure(latest)
         return gateway
 
-    async def chat_completions(request: Request) -> Response:
+    async def answer(request: Request, chat: ChatRequest) -> Answer | Response:
+        """The routed answer to a validated chat request, as every dialect gets it: the key's
+        token bucket charged, the deadline from the Lambda context, the response cache (and its
+        coalescing) around the gateway. A ready :class:`Response` instead when the client left
+        while waiting (499) or the request was queued (``Prefer: respond-async``, 202).
+
+        Raises:
+            OpenAIError: refused input, limits, or the gateway's final error.
+        """
         gateway = await current(request)
-        raw = await web.read_body(request, gateway.config.max_body_bytes)
-        chat = validate_chat_request(parse_json_body(raw, gateway.config.max_json_depth))
         context = request.headers.get(X_AMZN_LAMBDA_CONTEXT) if in_lambda(os.environ) else None
         deadline = request_deadline(context, gateway.config.deadline, wall_clock())
         degrade = request.headers.get(X_R1EDGE_ALLOW_DEGRADE, "").strip().lower() in ("1", "true", "yes")
@@ -139,19 +146,26 @@ def create_app(
         rid, tenant, cache_control = web.request_id(), web.tenant(request), request.headers.get(CACHE_CONTROL)
         try:
             if chat.stream:  # Starlette closes a stream (and so the upstream) when the client goes
-                routed = await cache.complete(gateway, chat, tenant, cache_control, rid, deadline, degrade)
-            else:
-                try:
-                    routed = await web.unless_disconnected(
-                        request, lambda: cache.complete(gateway, chat, tenant, cache_control, rid, deadline, degrade)
-                    )
-                except web.ClientDisconnected:
-                    return Response(status_code=web.CLIENT_CLOSED_REQUEST)
+                return await cache.complete(gateway, chat, tenant, cache_control, rid, deadline, degrade)
+            try:
+                return await web.unless_disconnected(
+                    request, lambda: cache.complete(gateway, chat, tenant, cache_control, rid, deadline, degrade)
+                )
+            except web.ClientDisconnected:
+                return Response(status_code=web.CLIENT_CLOSED_REQUEST)
         except (Overloaded, RateLimited):
             queued = await jobsapi.respond_async(request, chat.body)  # Prefer: respond-async (RFC 7240)
             if queued is None:
                 raise
             return queued
+
+    async def chat_completions(request: Request) -> Response:
+        gateway = await current(request)
+        raw = await web.read_body(request, gateway.config.max_body_bytes)
+        chat = validate_chat_request(parse_json_body(raw, gateway.config.max_json_depth))
+        routed = await answer(request, chat)
+        if isinstance(routed, Response):
+            return routed
         if routed.stream is not None:
             return web.ClosingStreamingResponse(
                 routed.stream, media_type="text/event-stream", headers={**routed.headers(), **SSE_HEADERS}
@@ -202,5 +216,6 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.metrics = metrics
+    app.state.pipeline = ChatPipeline(current, answer)
     app.router.redirect_slashes = False  # an unknown path is a 404 in the OpenAI shape, not a 307
     return app

@@ -1,0 +1,12 @@
+"""Dialects: the other APIs clients speak, each an adapter around the one chat pipeline.
+
+A dialect module translates its request into an OpenAI chat completion request, hands it to the
+router's :class:`~r1edge.dialects.pipeline.ChatPipeline` (keys and limits, the response cache, the
+gateway with its routing, cascade and retries — all unchanged), and translates the answer (a chat
+completion or its SSE chunks) back into its own shapes, errors included. Each module exposes
+``routes(pipeline) -> list[Route]``; :mod:`r1edge.apps.router` mounts them.
+
+- :mod:`~r1edge.dialects.pipeline` — the port: what a dialect may ask of the router.
+
+Sits beside :mod:`r1edge.jobs` (one layer below the wiring); imports the layers below it.
+"""
