@@ -1,5 +1,6 @@
 """The edge model server as an ASGI app: OpenAI-compatible ``/v1/chat/completions`` (JSON and
-SSE) and ``/v1/models`` over one GGUF model, plus ``/health``.
+SSE), ``/v1/embeddings`` (a second llama.cpp context, loaded on the first request) and
+``/v1/models`` over one GGUF model, plus ``/health``.
 
 Environment: the model (``MODEL_PATH``, ``MODEL_URI``, ``MODEL_SHA256``; see
 :mod:`r1edge.edge.model`), ``EDGE_N_CTX`` (context window in tokens, default 2048),
@@ -45,6 +46,7 @@ from r1edge.headers import (
 )
 from r1edge.observe import metrics
 from r1edge.protocol import web
+from r1edge.protocol.embeddings import encode_base64, validate_embeddings_request
 from r1edge.protocol.errors import InvalidRequest, Overloaded, error_body
 from r1edge.protocol.reasoning import ThinkMode, ThinkSplitter, split_text
 from r1edge.protocol.sse import DONE, SSE_HEADERS, sse_data
@@ -283,6 +285,34 @@ def create_app(runtime: LlamaRuntime | None = None, max_body_bytes: int | None =
             headers={**SSE_HEADERS, **headers},
         )
 
+    async def embeddings(request: Request) -> Response:
+        """OpenAI ``POST /v1/embeddings`` (API reference, "Embeddings") from the GGUF model:
+        ``{"object": "list", "data": [{"object": "embedding", "index", "embedding"}], "model",
+        "usage": {"prompt_tokens", "total_tokens"}}``, each embedding a list of floats or, for
+        ``encoding_format: base64``, little-endian float32 bytes in base64. ``dimensions`` other
+        than the model's size is a 400 (its vectors cannot be shortened); ``model`` is ignored
+        and the answer names the edge's model."""
+        rt: LlamaRuntime = request.app.state.runtime
+        ask = validate_embeddings_request(parse_json_body(await web.read_body(request, limit)))
+        size = rt.embedding_size()
+        if ask.dimensions is not None and ask.dimensions != size:
+            raise InvalidRequest(
+                f"'dimensions' must be {size}, the size of this model's embeddings (they cannot be shortened).",
+                param="dimensions",
+                code="unsupported_value",
+            )
+        vectors, tokens = await rt.embed(ask.inputs)
+        data = [
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": encode_base64(vector) if ask.encoding_format == "base64" else vector,
+            }
+            for index, vector in enumerate(vectors)
+        ]
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return JSONResponse({"object": "list", "data": data, "model": rt.model_id, "usage": usage})
+
     async def models(request: Request) -> Response:
         rt: LlamaRuntime = request.app.state.runtime
         return JSONResponse(
@@ -306,6 +336,7 @@ def create_app(runtime: LlamaRuntime | None = None, max_body_bytes: int | None =
     return Starlette(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/ping", health, methods=["GET"]),  # the Lambda Web Adapter's readiness check

@@ -2,6 +2,7 @@
 
 - :mod:`~r1edge.protocol.errors` — the OpenAI error shape and one exception class per HTTP status.
 - :mod:`~r1edge.protocol.validation` — chat request validation (:func:`validate_chat_request`).
+- :mod:`~r1edge.protocol.embeddings` — embeddings request validation and base64 vectors.
 - :mod:`~r1edge.protocol.sse` — the one SSE/JSON codec: :class:`SSEDecoder` for every reader of
   a stream, ``sse_data``/``DONE`` for every writer, upstream chunk and completion parsing.
 - :mod:`~r1edge.protocol.reasoning` — splitting ``<think>`` text into ``reasoning_content``.
