@@ -63,7 +63,8 @@ def test_the_edge_embeds_two_strings_as_floats_and_as_base64(edge):
         assert decoded == pytest.approx(floats.embedding, rel=1e-6, abs=1e-6)
 
     wrong = httpx.post(f"{base_url}/embeddings", json={"input": "x", "dimensions": size - 1}, timeout=30)
-    assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "dimensions"
+    assert wrong.status_code == 400
+    assert wrong.json()["error"]["param"] == "dimensions"
 
 
 def test_the_router_forwards_embeddings_to_the_real_edge(edge):

@@ -67,14 +67,16 @@ class Meter:
         choices = obj.get("choices") if isinstance(obj, dict) else None
         for choice in choices if isinstance(choices, list) else []:
             part = choice.get(field) if isinstance(choice, dict) else None
+            # a text completion's choice carries its text itself (OpenAI API reference, Completions)
+            texts = [choice.get("text")] if isinstance(choice, dict) else []
             if isinstance(part, dict):
-                for name in ("content", "reasoning_content"):
-                    text = part.get(name)
-                    if isinstance(text, str):
-                        room = MAX_METERED_TEXT - self.chars
-                        if room > 0:
-                            self.parts.append(text[:room])
-                        self.chars += len(text)
+                texts += [part.get("content"), part.get("reasoning_content")]
+            for text in texts:
+                if isinstance(text, str):
+                    room = MAX_METERED_TEXT - self.chars
+                    if room > 0:
+                        self.parts.append(text[:room])
+                    self.chars += len(text)
 
     def answered(self) -> bool:
         """Whether an upstream (or the cache) answered: status 200 with an ``x-r1edge-route``."""

@@ -43,11 +43,15 @@ class Usage:
 
 
 def usage_of(obj: Any) -> Usage | None:
-    """The ``usage`` object of a completion or chunk as :class:`Usage`, or ``None``."""
+    """The ``usage`` object of a completion or chunk as :class:`Usage`, or ``None``. An
+    embeddings answer's ``usage`` (``prompt_tokens`` and ``total_tokens``, no
+    ``completion_tokens``: OpenAI API reference, "Embeddings") counts as 0 completion tokens."""
     usage = obj.get("usage") if isinstance(obj, dict) else None
     if not isinstance(usage, dict):
         return None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if completion is None and isinstance(usage.get("total_tokens"), int):
+        completion = 0
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
     return Usage(max(0, prompt), max(0, completion))

@@ -391,7 +391,6 @@ class LlamaRuntime:
                 },
             }
 
-
     # Embeddings: a second llama.cpp context over the same file, made on first use.
 
     def _embedder(self) -> Any:
