@@ -1,4 +1,5 @@
 """Property-based fuzzing of the router (hypothesis), every route: ``POST /v1/chat/completions``,
+``POST /v1/completions`` and ``POST /v1/embeddings`` (the legacy dialect),
 ``POST /v1/jobs`` and ``GET /v1/jobs/{id}`` (the jobs service on moto, as ``tests/jobstack.py``
 builds it), ``GET /v1/models``, ``/health``, ``/ping``, ``/metrics``, unknown paths, and every
 method on each. Inputs: JSON bodies (chat requests and job submissions that are valid, nearly
@@ -12,8 +13,9 @@ Requests go to the ASGI app as a server would send them (``scope`` built here, t
 percent-decoded as uvicorn does), so headers reach the app exactly as drawn. Properties: no
 answer is a 5xx (there is no failing upstream here, so a 5xx is always the router's own fault);
 every 4xx is in the OpenAI error shape; a refused chat request made no upstream call and an
-answered one made at least one (or was a cache hit); nothing but a chat request reaches an
-upstream's ``/chat/completions``; every upstream call went to a configured endpoint with only
+answered one made at least one (or was a cache hit); nothing but a chat or completions request
+reaches an upstream's ``/chat/completions``, nothing but an embeddings request the edge's
+``/embeddings``; every upstream call went to a configured endpoint with only
 allow-listed fields; a 405 says ``Allow``. The tally (status counts per route, refused inputs,
 the first failures) goes to ``tests/bench/results/fuzz_router.json`` and is printed.
 
@@ -254,6 +256,52 @@ def chat_bodies_any() -> st.SearchStrategy[bytes]:
     )
 
 
+#: Legacy completions requests from valid to nonsense (``prompt`` and the fields only it has).
+completion_bodies = st.one_of(
+    st.builds(
+        lambda fields, prompt: {**fields, **prompt},
+        st.fixed_dictionaries(
+            {}, optional={k: v for k, v in OPTIONAL_FIELDS.items() if k not in ("messages", "tools", "response_format")}
+        ),
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "prompt": st.text(max_size=40) | st.lists(st.text(max_size=10), max_size=3) | json_values,
+                "suffix": st.none() | st.text(max_size=3) | scalars,
+                "echo": st.booleans() | scalars,
+                "logprobs": st.none() | numbers,
+                "best_of": st.none() | numbers,
+            },
+        ),
+    ).map(encode),
+    st.fixed_dictionaries(
+        {"prompt": st.text(min_size=1, max_size=60)},
+        optional={
+            "model": st.sampled_from(["auto", "edge", "deepseek-r1"]),
+            "max_tokens": st.integers(min_value=1, max_value=200),
+            "stream": st.booleans(),
+        },
+    ).map(encode),
+    raw_bodies,
+    big_bodies,
+)
+#: Embeddings requests from valid to nonsense.
+embedding_bodies = st.one_of(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "input": st.text(max_size=30) | st.lists(st.text(max_size=10), max_size=4) | json_values,
+            "model": st.sampled_from(["edge", "auto", "deepseek-r1", "text-embedding-3-small"]) | scalars,
+            "encoding_format": st.sampled_from(["float", "base64", "hex"]) | scalars,
+            "dimensions": numbers,
+        },
+    ).map(encode),
+    st.fixed_dictionaries({"input": st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=3)}).map(encode),
+    st.integers(min_value=2040, max_value=2060).map(lambda n: encode({"input": ["a"] * n})),
+    raw_bodies,
+    big_bodies,
+)
+
 job_bodies = st.one_of(chat_bodies_any(), job_batches(good_bodies), job_batches(chat_bodies))
 
 latin1 = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"), max_size=40)
@@ -338,6 +386,8 @@ ROUTES = [
     "chat",
     "jobs_post",
     "jobs_post",
+    "completions",
+    "embeddings",
     "jobs_get",
     "models",
     "health",
@@ -391,6 +441,10 @@ def requests_(draw: st.DrawFn) -> tuple[str, str, bytes, list[tuple[bytes, bytes
         method, path, body = "POST", "/v1/chat/completions", draw(chat_bodies_any())
     elif route == "jobs_post":
         method, path, body = "POST", "/v1/jobs", draw(job_bodies)
+    elif route == "completions":
+        method, path, body = "POST", "/v1/completions", draw(completion_bodies)
+    elif route == "embeddings":
+        method, path, body = "POST", "/v1/embeddings", draw(embedding_bodies)
     elif route == "jobs_get":
         method, path = "GET", "/v1/jobs/" + draw(job_ids)
     elif route == "unknown":
@@ -423,9 +477,14 @@ class CountingUpstream:
             self.probes += 1
             return httpx.Response(200, json={"object": "list", "data": []})
         self.calls += 1
+        body = json.loads(request.content)
+        if request.url.host == "edge-a" and request.url.path == "/v1/embeddings":
+            if set(body) - {"input", "model", "encoding_format", "dimensions"}:
+                self.problems.append(f"embeddings fields: {sorted(body)}")
+            data = [{"object": "embedding", "index": i, "embedding": [0.5]} for i, _ in enumerate(body["input"])]
+            return httpx.Response(200, json={"object": "list", "data": data, "model": "m", "usage": {}})
         if request.url.host not in ("edge-a", "r1-a") or request.url.path != "/v1/chat/completions":
             self.problems.append(f"unexpected URL {request.url}")
-        body = json.loads(request.content)
         extra = set(body) - FORWARDED_FIELDS
         if extra:
             self.problems.append(f"forwarded fields off the allow-list: {sorted(extra)}")
@@ -551,7 +610,8 @@ def test_fuzzed_requests_to_every_route_never_get_a_5xx(stack, capsys, quiet_log
                 failures.append(f"{answer.status}{where} {method} {target[:80]} {body[:160]!r} {headers[:6]}")
                 kinds[f"{answer.status}{where} {method} {route}"] += 1
                 return
-            if made and not (route == "chat" and method == "POST"):
+            posted = route in ("chat", "completions", "embeddings") and method == "POST"
+            if made and not posted:
                 failures.append(f"{made} upstream calls for {method} {target[:80]}")
             if answer.status >= 400:
                 if method != "HEAD":
@@ -562,7 +622,7 @@ def test_fuzzed_requests_to_every_route_never_get_a_5xx(stack, capsys, quiet_log
                 if made:
                     failures.append(f"{made} upstream calls for refused input {body[:200]!r}")
                 refused.add(hashlib.sha256(repr(case).encode()).hexdigest())
-            elif route == "chat" and method == "POST":
+            elif posted:
                 assert answer.status == 200, answer.status
                 # an accepted request goes upstream, unless an identical one's answer is cached
                 assert made >= 1 or answer.headers.get(b"x-cache") == b"HIT", answer.headers
