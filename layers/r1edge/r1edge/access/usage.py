@@ -43,11 +43,16 @@ class Usage:
 
 
 def usage_of(obj: Any) -> Usage | None:
-    """The ``usage`` object of a completion or chunk as :class:`Usage`, or ``None``."""
+    """The ``usage`` object of a completion or chunk as :class:`Usage`, or ``None``: OpenAI's
+    ``prompt_tokens``/``completion_tokens``, or the Anthropic Messages API's
+    ``input_tokens``/``output_tokens`` (a ``message`` object, or the ``message_delta`` event that
+    :mod:`r1edge.dialects.anthropic` sends with both)."""
     usage = obj.get("usage") if isinstance(obj, dict) else None
     if not isinstance(usage, dict):
         return None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if prompt is None and completion is None:
+        prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
     return Usage(max(0, prompt), max(0, completion))
