@@ -576,6 +576,7 @@ async def message_events(
     index = -1
     kind: str | None = None  # the open block's type
     tool_index: Any = None  # the open tool_use block's tool_calls index
+    tool_id: Any = None  # and its id
     finish: Any = None
     matched: Any = None
     usage: Any = None
@@ -656,11 +657,13 @@ async def message_events(
                     if not isinstance(call, dict):
                         continue
                     function = call.get("function") if isinstance(call.get("function"), dict) else {}
-                    if kind != "tool_use" or call.get("index", tool_index) != tool_index or call.get("id"):
-                        tool_index = call.get("index")
+                    call_id = call.get("id")
+                    fresh = kind != "tool_use" or call.get("index", tool_index) != tool_index
+                    if fresh or (call_id and call_id != tool_id):  # some engines repeat the id
+                        tool_index, tool_id = call.get("index"), call_id
                         block = {
                             "type": "tool_use",
-                            "id": call.get("id") or new_id("toolu"),
+                            "id": call_id or new_id("toolu"),
                             "name": function.get("name") or "",
                             "input": {},
                         }
