@@ -7,6 +7,8 @@ completion or its SSE chunks) back into its own shapes, errors included. Each mo
 ``routes(pipeline) -> list[Route]``; :mod:`r1edge.apps.router` mounts them.
 
 - :mod:`~r1edge.dialects.pipeline` — the port: what a dialect may ask of the router.
+- :mod:`~r1edge.dialects.anthropic` — Anthropic's Messages API: ``POST /v1/messages`` and
+  ``POST /v1/messages/count_tokens``.
 
 Sits beside :mod:`r1edge.jobs` (one layer below the wiring); imports the layers below it.
 """
