@@ -1,5 +1,6 @@
 """Property-based fuzzing of the router (hypothesis), every route: ``POST /v1/chat/completions``,
 ``POST /v1/completions`` and ``POST /v1/embeddings`` (the legacy dialect),
+``POST /v1/messages`` (the Anthropic Messages API; its 4xx in Anthropic's error shape),
 ``POST /v1/jobs`` and ``GET /v1/jobs/{id}`` (the jobs service on moto, as ``tests/jobstack.py``
 builds it), ``GET /v1/models``, ``/health``, ``/ping``, ``/metrics``, unknown paths, and every
 method on each. Inputs: JSON bodies (chat requests and job submissions that are valid, nearly
@@ -13,8 +14,8 @@ Requests go to the ASGI app as a server would send them (``scope`` built here, t
 percent-decoded as uvicorn does), so headers reach the app exactly as drawn. Properties: no
 answer is a 5xx (there is no failing upstream here, so a 5xx is always the router's own fault);
 every 4xx is in the OpenAI error shape; a refused chat request made no upstream call and an
-answered one made at least one (or was a cache hit); nothing but a chat or completions request
-reaches an upstream's ``/chat/completions``, nothing but an embeddings request the edge's
+answered one made at least one (or was a cache hit); nothing but a chat, completions or Messages
+request reaches an upstream's ``/chat/completions``, nothing but an embeddings request the edge's
 ``/embeddings``; every upstream call went to a configured endpoint with only
 allow-listed fields; a 405 says ``Allow``. The tally (status counts per route, refused inputs,
 the first failures) goes to ``tests/bench/results/fuzz_router.json`` and is printed.
@@ -149,6 +150,77 @@ good_bodies = st.fixed_dictionaries(
         "stream": st.booleans(),
         "some_future_field": json_values,
     },
+)
+
+
+anthropic_blocks = st.one_of(
+    st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=40) | scalars}),
+    st.fixed_dictionaries(
+        {"type": st.just("tool_use"), "id": st.text(max_size=6) | scalars, "name": st.text(max_size=6) | scalars},
+        optional={"input": json_values},
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("tool_result"), "tool_use_id": st.text(max_size=6) | scalars},
+        optional={"content": st.text(max_size=20) | json_values, "is_error": scalars},
+    ),
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["image", "document", "thinking", "redacted_thinking", "server_tool_use"])},
+        optional={"thinking": st.text(max_size=5), "source": json_values},
+    ),
+    json_values,
+)
+anthropic_messages = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "assistant", "system", ""]) | scalars,
+            "content": st.text(max_size=60) | st.lists(anthropic_blocks, max_size=3) | scalars,
+        }
+    ),
+    json_values,
+)
+#: Anthropic Messages requests, valid to nonsense.
+anthropic_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.sampled_from(["auto", "edge", "deepseek-r1", "claude-sonnet-4-5", "nope", ""]) | scalars,
+        "max_tokens": numbers,
+        "messages": st.lists(anthropic_messages, max_size=4) | json_values,
+        "system": st.text(max_size=20) | st.lists(anthropic_blocks, max_size=2) | json_values,
+        "stream": st.booleans() | scalars,
+        "stop_sequences": st.lists(st.text(max_size=3), max_size=6) | json_values,
+        "temperature": numbers,
+        "top_k": numbers,
+        "tools": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.text(max_size=6) | scalars, "input_schema": json_values},
+                optional={"type": st.sampled_from(["custom", "web_search_20250305"]) | scalars},
+            ),
+            max_size=2,
+        )
+        | json_values,
+        "tool_choice": st.fixed_dictionaries(
+            {"type": st.sampled_from(["auto", "any", "tool", "none", "x"]) | scalars}, optional={"name": scalars}
+        )
+        | json_values,
+        "thinking": st.fixed_dictionaries(
+            {"type": st.sampled_from(["enabled", "disabled", "adaptive", "x"]) | scalars},
+            optional={"budget_tokens": numbers | st.integers(min_value=1024, max_value=3000)},
+        )
+        | json_values,
+        "metadata": json_values,
+    },
+)
+good_anthropic_bodies = st.fixed_dictionaries(
+    {
+        "model": st.sampled_from(["auto", "edge", "deepseek-r1", "claude-sonnet-4-5"]),
+        "max_tokens": st.integers(min_value=1, max_value=2000),
+        "messages": st.lists(
+            st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]), "content": st.text(max_size=60)}),
+            min_size=1,
+            max_size=4,
+        ),
+    },
+    optional={"stream": st.booleans(), "system": st.text(max_size=30), "temperature": st.floats(0, 1)},
 )
 
 
@@ -302,6 +374,9 @@ embedding_bodies = st.one_of(
     big_bodies,
 )
 
+messages_bodies = st.one_of(
+    anthropic_bodies.map(encode), good_anthropic_bodies.map(encode), good_anthropic_bodies.map(encode), raw_bodies
+)
 job_bodies = st.one_of(chat_bodies_any(), job_batches(good_bodies), job_batches(chat_bodies))
 
 latin1 = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"), max_size=40)
@@ -384,6 +459,8 @@ ROUTES = [
     "chat",
     "chat",
     "chat",
+    "messages",
+    "messages",
     "jobs_post",
     "jobs_post",
     "completions",
@@ -439,6 +516,8 @@ def requests_(draw: st.DrawFn) -> tuple[str, str, bytes, list[tuple[bytes, bytes
     body = b""
     if route == "chat":
         method, path, body = "POST", "/v1/chat/completions", draw(chat_bodies_any())
+    elif route == "messages":
+        method, path, body = "POST", "/v1/messages", draw(messages_bodies)
     elif route == "jobs_post":
         method, path, body = "POST", "/v1/jobs", draw(job_bodies)
     elif route == "completions":
@@ -610,11 +689,14 @@ def test_fuzzed_requests_to_every_route_never_get_a_5xx(stack, capsys, quiet_log
                 failures.append(f"{answer.status}{where} {method} {target[:80]} {body[:160]!r} {headers[:6]}")
                 kinds[f"{answer.status}{where} {method} {route}"] += 1
                 return
-            posted = route in ("chat", "completions", "embeddings") and method == "POST"
+            posted = route in ("chat", "completions", "embeddings", "messages") and method == "POST"
             if made and not posted:
                 failures.append(f"{made} upstream calls for {method} {target[:80]}")
             if answer.status >= 400:
-                if method != "HEAD":
+                if method != "HEAD" and route == "messages":  # Anthropic's error shape
+                    assert set(json.loads(answer.body)) == {"type", "error"}, answer.body
+                    assert set(json.loads(answer.body)["error"]) == {"type", "message"}, answer.body
+                elif method != "HEAD":
                     error = json.loads(answer.body)["error"]
                     assert set(error) == {"message", "type", "param", "code"}, answer.body
                 if answer.status == 405:

@@ -25,6 +25,7 @@ from dataclasses import replace
 import anyio
 from aws_lambda_powertools import Logger
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from r1edge.access.charging import settle
@@ -43,6 +44,23 @@ PUBLIC_PATHS = frozenset({"/health", "/ping", "/metrics"})
 #: Path prefixes that need no key: config files, public in AWS (the config function behind
 #: CloudFront), which the local stack serves from the router's port.
 PUBLIC_PREFIXES = ("/v1/configs/",)
+#: Paths of the Anthropic Messages API (:mod:`r1edge.dialects.anthropic`): their refusals here
+#: are in Anthropic's error shape (API reference, "Errors"), r1edge's 503 as 529.
+ANTHROPIC_PREFIX = "/v1/messages"
+#: Anthropic's error type for each status this middleware answers with.
+ANTHROPIC_ERRORS = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+def refusal(path: str, exc: OpenAIError) -> Response:
+    """The answer to a refused request: OpenAI's error shape, or Anthropic's
+    ``{"type": "error", "error": {"type", "message"}}`` under :data:`ANTHROPIC_PREFIX` (503 →
+    529 ``overloaded_error``); status headers (``Retry-After``, ``WWW-Authenticate``) kept."""
+    if path != ANTHROPIC_PREFIX and not path.startswith(ANTHROPIC_PREFIX + "/"):
+        return error_response(exc)
+    status = 529 if exc.status == 503 else exc.status
+    kind = "overloaded_error" if status == 529 else ANTHROPIC_ERRORS.get(status, "invalid_request_error")
+    body = {"type": "error", "error": {"type": kind, "message": exc.message}}
+    return JSONResponse(body, status_code=status, headers=exc.headers)
 
 
 class ApiKeyMiddleware:
@@ -118,9 +136,9 @@ class ApiKeyMiddleware:
                 logger.info("request refused: API key", extra={"path": scope["path"], "reason": exc.message})
             elif exc.status == 429:
                 logger.info("request refused: rate limit", extra={"tenant": context.tenant, "type": exc.type})
-            await error_response(exc)(scope, receive, send)
+            await refusal(scope["path"], exc)(scope, receive, send)
         except Exception as exc:  # noqa: BLE001 - a store outage is a 503, never a 500 or a way in
             logger.error("key or limits store unavailable", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
             error = Overloaded("API keys cannot be checked right now; please retry.", headers={RETRY_AFTER: "1"})
-            await error_response(error)(scope, receive, send)
+            await refusal(scope["path"], error)(scope, receive, send)
         return False

@@ -43,13 +43,18 @@ class Usage:
 
 
 def usage_of(obj: Any) -> Usage | None:
-    """The ``usage`` object of a completion or chunk as :class:`Usage`, or ``None``. An
-    embeddings answer's ``usage`` (``prompt_tokens`` and ``total_tokens``, no
-    ``completion_tokens``: OpenAI API reference, "Embeddings") counts as 0 completion tokens."""
+    """The ``usage`` object of a completion or chunk as :class:`Usage`, or ``None``: OpenAI's
+    ``prompt_tokens``/``completion_tokens``; an embeddings answer's ``usage`` (``prompt_tokens``
+    and ``total_tokens``, no ``completion_tokens``: OpenAI API reference, "Embeddings") counts as 0
+    completion tokens; or the Anthropic Messages API's ``input_tokens``/``output_tokens`` (a
+    ``message`` object, or the ``message_delta`` event that :mod:`r1edge.dialects.anthropic` sends
+    with both)."""
     usage = obj.get("usage") if isinstance(obj, dict) else None
     if not isinstance(usage, dict):
         return None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if prompt is None and completion is None:
+        prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
     if completion is None and isinstance(usage.get("total_tokens"), int):
         completion = 0
     if not isinstance(prompt, int) or not isinstance(completion, int):

@@ -9,6 +9,8 @@ completion or its SSE chunks) back into its own shapes, errors included. Each mo
 - :mod:`~r1edge.dialects.pipeline` — the port: what a dialect may ask of the router.
 - :mod:`~r1edge.dialects.legacy` — OpenAI's legacy ``/v1/completions`` (through the chat pipeline)
   and ``/v1/embeddings`` (forwarded to the edge tier).
+- :mod:`~r1edge.dialects.anthropic` — Anthropic's Messages API: ``POST /v1/messages`` and
+  ``POST /v1/messages/count_tokens``.
 
 Sits beside :mod:`r1edge.jobs` (one layer below the wiring); imports the layers below it.
 """

@@ -356,6 +356,10 @@ class RoutingConfig(_Strict):
             (:data:`r1edge.protocol.validation.FORWARDED_FIELDS`); any other unknown field is accepted
             and dropped.
         cache: :class:`Cache` settings.
+        aliases: model names clients use of their own accord → the public model name each one
+            routes as (``{"claude-sonnet-4-5": "auto"}``); read by the Anthropic Messages API
+            (:mod:`r1edge.dialects.anthropic`). Targets must be public names
+            (:data:`MODEL_TIERS`), and no alias may be a public name itself.
     """
 
     endpoints: list[Endpoint] = Field(min_length=1)
@@ -374,6 +378,17 @@ class RoutingConfig(_Strict):
     limits: InputLimits = InputLimits()
     forward_fields: list[str] = Field(default_factory=list)
     cache: Cache = Cache()
+    aliases: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("aliases")
+    @classmethod
+    def _public_targets(cls, aliases: dict[str, str]) -> dict[str, str]:
+        for name, target in aliases.items():
+            if name in MODEL_TIERS:
+                raise ValueError(f"alias {name!r} is a public model name already")
+            if target not in MODEL_TIERS:
+                raise ValueError(f"alias {name!r} → {target!r}: use public model names: {', '.join(MODEL_TIERS)}")
+        return aliases
 
     @field_validator("endpoints")
     @classmethod
