@@ -1,5 +1,6 @@
 """Property-based fuzzing of the router (hypothesis), every route: ``POST /v1/chat/completions``,
-``POST /v1/completions`` and ``POST /v1/embeddings`` (the legacy dialect),
+``POST /v1/responses`` (the OpenAI Responses API), ``POST /v1/completions`` and
+``POST /v1/embeddings`` (the legacy dialect),
 ``POST /v1/messages`` (the Anthropic Messages API; its 4xx in Anthropic's error shape),
 ``POST /v1/jobs`` and ``GET /v1/jobs/{id}`` (the jobs service on moto, as ``tests/jobstack.py``
 builds it), ``GET /v1/models``, ``/health``, ``/ping``, ``/metrics``, unknown paths, and every
@@ -14,8 +15,8 @@ Requests go to the ASGI app as a server would send them (``scope`` built here, t
 percent-decoded as uvicorn does), so headers reach the app exactly as drawn. Properties: no
 answer is a 5xx (there is no failing upstream here, so a 5xx is always the router's own fault);
 every 4xx is in the OpenAI error shape; a refused chat request made no upstream call and an
-answered one made at least one (or was a cache hit); nothing but a chat, completions or Messages
-request reaches an upstream's ``/chat/completions``, nothing but an embeddings request the edge's
+answered one made at least one (or was a cache hit); nothing but a chat, completions, Messages or
+Responses request reaches an upstream's ``/chat/completions``, nothing but an embeddings request the edge's
 ``/embeddings``; every upstream call went to a configured endpoint with only
 allow-listed fields; a 405 says ``Allow``. The tally (status counts per route, refused inputs,
 the first failures) goes to ``tests/bench/results/fuzz_router.json`` and is printed.
@@ -309,6 +310,60 @@ def sized_bodies(draw: st.DrawFn) -> bytes:
     return head + b"x" * max(0, size - len(head) - len(tail)) + tail
 
 
+input_parts = st.lists(
+    st.fixed_dictionaries(
+        {}, optional={"type": st.sampled_from(["input_text", "output_text", "input_image"]) | scalars, "text": scalars}
+    ),
+    max_size=3,
+)
+input_items = st.one_of(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]) | scalars},
+        optional={"type": st.just("message") | scalars, "content": st.text(max_size=40) | input_parts | json_values},
+    ),
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["function_call", "function_call_output", "reasoning", "item_reference"])},
+        optional={
+            "call_id": st.text(max_size=5) | scalars,
+            "name": st.text(max_size=5) | scalars,
+            "arguments": st.text(max_size=10) | scalars,
+            "output": st.text(max_size=10) | input_parts | scalars,
+        },
+    ),
+    json_values,
+)
+RESPONSES_FIELDS = {
+    "model": st.sampled_from(["auto", "edge", "deepseek-r1", "gpt-9"]) | scalars,
+    "input": st.text(max_size=60) | st.lists(input_items, max_size=4) | json_values,
+    "instructions": st.text(max_size=20) | scalars,
+    "max_output_tokens": numbers,
+    "temperature": numbers,
+    "top_p": numbers,
+    "stream": st.booleans() | scalars,
+    "store": st.booleans() | scalars,
+    "previous_response_id": st.none() | st.text(max_size=8),
+    "background": st.booleans() | scalars,
+    "reasoning": st.none() | st.just({"effort": "high"}) | json_values,
+    "tools": st.none()
+    | st.just([{"type": "function", "name": "f", "parameters": {"type": "object"}}])
+    | st.just([{"type": "web_search"}])
+    | json_values,
+    "tool_choice": st.sampled_from(["auto", "none", "required"]) | json_values,
+    "text": st.none() | st.just({"format": {"type": "json_object"}}) | json_values,
+    "metadata": json_values,
+}
+#: Responses API requests (``POST /v1/responses``), valid to nonsense.
+responses_bodies = st.one_of(
+    st.fixed_dictionaries({}, optional=RESPONSES_FIELDS).map(encode),
+    st.fixed_dictionaries(
+        {"model": st.sampled_from(["auto", "edge", "deepseek-r1"]), "input": st.text(max_size=60)},
+        optional={"stream": st.booleans(), "max_output_tokens": st.integers(1, 500), "store": st.just(False)},
+    ).map(encode),
+    raw_bodies,
+    nested_bodies(),
+)
+
+
 def job_batches(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
     return st.one_of(
         st.lists(inner, min_size=0, max_size=4).map(lambda rs: encode({"requests": rs})),
@@ -461,6 +516,7 @@ ROUTES = [
     "chat",
     "messages",
     "messages",
+    "responses",
     "jobs_post",
     "jobs_post",
     "completions",
@@ -518,6 +574,8 @@ def requests_(draw: st.DrawFn) -> tuple[str, str, bytes, list[tuple[bytes, bytes
         method, path, body = "POST", "/v1/chat/completions", draw(chat_bodies_any())
     elif route == "messages":
         method, path, body = "POST", "/v1/messages", draw(messages_bodies)
+    elif route == "responses":
+        method, path, body = "POST", "/v1/responses", draw(responses_bodies)
     elif route == "jobs_post":
         method, path, body = "POST", "/v1/jobs", draw(job_bodies)
     elif route == "completions":
@@ -689,7 +747,7 @@ def test_fuzzed_requests_to_every_route_never_get_a_5xx(stack, capsys, quiet_log
                 failures.append(f"{answer.status}{where} {method} {target[:80]} {body[:160]!r} {headers[:6]}")
                 kinds[f"{answer.status}{where} {method} {route}"] += 1
                 return
-            posted = route in ("chat", "completions", "embeddings", "messages") and method == "POST"
+            posted = route in ("chat", "completions", "embeddings", "messages", "responses") and method == "POST"
             if made and not posted:
                 failures.append(f"{made} upstream calls for {method} {target[:80]}")
             if answer.status >= 400:

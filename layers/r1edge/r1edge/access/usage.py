@@ -48,7 +48,12 @@ def usage_of(obj: Any) -> Usage | None:
     and ``total_tokens``, no ``completion_tokens``: OpenAI API reference, "Embeddings") counts as 0
     completion tokens; or the Anthropic Messages API's ``input_tokens``/``output_tokens`` (a
     ``message`` object, or the ``message_delta`` event that :mod:`r1edge.dialects.anthropic` sends
-    with both)."""
+    with both). The Responses API's ``response`` object
+    (``input_tokens``/``output_tokens``; OpenAI API reference, "The response object") is read too,
+    and so is a Responses stream event (``response.completed``, ``response.incomplete``,
+    ``response.failed``) that carries it under ``response``."""
+    if isinstance(obj, dict) and "usage" not in obj and isinstance(obj.get("response"), dict):
+        obj = obj["response"]
     usage = obj.get("usage") if isinstance(obj, dict) else None
     if not isinstance(usage, dict):
         return None

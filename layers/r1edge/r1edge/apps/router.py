@@ -29,7 +29,7 @@ from r1edge.access.guard import Guard, log_content_enabled
 from r1edge.access.middleware import ApiKeyMiddleware
 from r1edge.aws.lambda_context import in_lambda, request_deadline
 from r1edge.cache.response import Answer, ResponseCache
-from r1edge.dialects import anthropic, legacy
+from r1edge.dialects import anthropic, legacy, responses
 from r1edge.dialects.pipeline import ChatPipeline
 from r1edge.headers import CACHE_CONTROL, X_AMZN_LAMBDA_CONTEXT, X_R1EDGE_ALLOW_DEGRADE
 from r1edge.jobs import api as jobsapi
@@ -209,6 +209,7 @@ def create_app(
             *jobsapi.routes(),
             *legacy.routes(),
             *anthropic.routes(),
+            *responses.routes(),
             Route("/v1/models", models, methods=["GET"]),
             Route("/health", health_check, methods=["GET"]),
             Route("/ping", ping, methods=["GET"]),

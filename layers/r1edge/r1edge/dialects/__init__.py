@@ -11,6 +11,7 @@ completion or its SSE chunks) back into its own shapes, errors included. Each mo
   and ``/v1/embeddings`` (forwarded to the edge tier).
 - :mod:`~r1edge.dialects.anthropic` — Anthropic's Messages API: ``POST /v1/messages`` and
   ``POST /v1/messages/count_tokens``.
+- :mod:`~r1edge.dialects.responses` — ``POST /v1/responses``, the OpenAI Responses API (stateless).
 
 Sits beside :mod:`r1edge.jobs` (one layer below the wiring); imports the layers below it.
 """
