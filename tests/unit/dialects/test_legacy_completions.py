@@ -5,6 +5,7 @@ FakeUpstream."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import httpx
 import openai
@@ -219,6 +220,33 @@ def test_embeddings_go_to_the_edge_and_come_back_through_the_sdk():
     assert first == {"input": ["a", "b"], "model": "edge", "encoding_format": "base64"}
     assert second["input"] == ["a"]
     assert second["encoding_format"] == "float"
+
+
+def test_embeddings_send_a_uuid_request_id_upstream_whatever_the_clients_id():
+    # A client's x-request-id that is not ASCII cannot go into an upstream header as it is (httpx
+    # raised UnicodeEncodeError: a 502): the edge gets the UUID that chat upstreams get.
+    import asyncio
+
+    from asgi_correlation_id import correlation_id
+
+    from r1edge.dialects.legacy import _post_embeddings
+
+    fake = FakeUpstream({"edge-a": [embedding_reply]})
+
+    async def post() -> int:
+        correlation_id.set("id-\u00e9\u00e8")
+        status, _ = await _post_embeddings(fake.upstream(), endpoint_of("edge-a"), {"input": ["a"]})
+        return status
+
+    assert asyncio.run(post()) == 200
+    sent = fake.calls[0].headers["x-request-id"]
+    assert str(uuid.UUID(sent)) == sent
+
+
+def endpoint_of(name: str):
+    from r1edge.routing.config import Endpoint
+
+    return Endpoint(**endpoint(name, "edge"))
 
 
 def test_embeddings_try_the_next_edge_endpoint_and_send_its_auth():

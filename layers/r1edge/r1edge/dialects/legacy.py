@@ -37,6 +37,7 @@ from r1edge.protocol.embeddings import validate_embeddings_request
 from r1edge.protocol.errors import InvalidRequest, ModelNotFound, UpstreamError
 from r1edge.protocol.sse import DONE, SSE_HEADERS, SSEDecoder, sse_data, truncated_event
 from r1edge.protocol.validation import parse_json_body, validate_chat_request
+from r1edge.routing.attempts import upstream_request_id
 from r1edge.routing.config import Endpoint
 from r1edge.routing.upstream import read_limited
 
@@ -258,12 +259,17 @@ async def completions(request: Request) -> Response:
 
 
 async def _post_embeddings(upstream: Any, endpoint: Endpoint, body: dict[str, Any]) -> tuple[int, bytes]:
-    """POST ``{url}/embeddings`` with the headers the upstream client sends for chat (request id,
+    """POST ``{url}/embeddings`` with the headers the upstream client sends for chat (request id
+    as a UUID, as :func:`~r1edge.routing.attempts.upstream_request_id` makes it for chat,
     the endpoint's auth, SigV4 when configured); the status and the body (at most the endpoint's
     ``max_response_bytes``)."""
     url = f"{endpoint.url}/embeddings"
     content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-    headers = {X_REQUEST_ID: web.request_id(), "accept": "application/json", CONTENT_TYPE: "application/json"}
+    headers = {
+        X_REQUEST_ID: upstream_request_id(web.request_id()),
+        "accept": "application/json",
+        CONTENT_TYPE: "application/json",
+    }
     headers.update(upstream.auth_headers(endpoint))
     if endpoint.auth.type == "sigv4":
         headers.update(upstream.sigv4_headers(endpoint, "POST", url, content))
