@@ -618,7 +618,8 @@ class CountingUpstream:
         if request.url.host == "edge-a" and request.url.path == "/v1/embeddings":
             if set(body) - {"input", "model", "encoding_format", "dimensions"}:
                 self.problems.append(f"embeddings fields: {sorted(body)}")
-            data = [{"object": "embedding", "index": i, "embedding": [0.5]} for i, _ in enumerate(body["input"])]
+            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]  # a string is one input
+            data = [{"object": "embedding", "index": i, "embedding": [0.5]} for i, _ in enumerate(inputs)]
             return httpx.Response(200, json={"object": "list", "data": data, "model": "m", "usage": {}})
         if request.url.host not in ("edge-a", "r1-a") or request.url.path != "/v1/chat/completions":
             self.problems.append(f"unexpected URL {request.url}")
