@@ -4,7 +4,8 @@ A dialect module translates its request into an OpenAI chat completion request, 
 router's :class:`~r1edge.dialects.pipeline.ChatPipeline` (keys and limits, the response cache, the
 gateway with its routing, cascade and retries — all unchanged), and translates the answer (a chat
 completion or its SSE chunks) back into its own shapes, errors included. Each module exposes
-``routes(pipeline) -> list[Route]``; :mod:`r1edge.apps.router` mounts them.
+``routes() -> list[Route]``, whose handlers reach the pipeline through
+:func:`~r1edge.dialects.pipeline.pipeline_of`; :mod:`r1edge.apps.router` mounts them.
 
 - :mod:`~r1edge.dialects.pipeline` — the port: what a dialect may ask of the router.
 - :mod:`~r1edge.dialects.legacy` — OpenAI's legacy ``/v1/completions`` (through the chat pipeline)
