@@ -33,10 +33,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from r1edge.dialects.chatstream import chat_events
 from r1edge.dialects.pipeline import pipeline_of
 from r1edge.protocol import web
 from r1edge.protocol.errors import OpenAIError, quote
-from r1edge.protocol.sse import SSE_HEADERS, SSEDecoder
+from r1edge.protocol.sse import SSE_HEADERS
 from r1edge.protocol.tokens import estimate_prompt_tokens
 from r1edge.protocol.validation import parse_json_body, validate_chat_request
 from r1edge.routing.config import AUTO_MODEL, MODEL_TIERS, TIER_MODELS, RoutingConfig
@@ -572,7 +573,6 @@ async def message_events(
             },
         },
     )
-    decoder = SSEDecoder()
     index = -1
     kind: str | None = None  # the open block's type
     tool_index: Any = None  # the open tool_use block's tool_calls index
@@ -602,13 +602,12 @@ async def message_events(
     def delta(body: dict[str, Any]) -> bytes:
         return event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": body})
 
-    async for piece in chunks:
-        datas = decoder.feed(piece)
-        if not datas and piece.lstrip().startswith(b":"):
-            yield event("ping", {"type": "ping"})
-            continue
-        for data in datas:
-            if data.strip() == "[DONE]":
+    async with chat_events(chunks) as events:
+        async for item in events:
+            if item.kind == "keep-alive":
+                yield event("ping", {"type": "ping"})
+                continue
+            if item.kind == "done":
                 for out in close():
                     yield out
                 stop_reason, stop_sequence = stop_reason_of(finish, matched, stops)
@@ -622,15 +621,12 @@ async def message_events(
                 )
                 yield event("message_stop", {"type": "message_stop"})
                 return
-            try:
-                obj = json.loads(data)
-            except ValueError:
-                obj = None
-            if not isinstance(obj, dict) or "error" in obj:
-                error = obj.get("error") if isinstance(obj, dict) else None
-                detail = error.get("message") if isinstance(error, dict) else None
-                yield stream_error(detail or "The upstream stream failed before it was complete.")
+            if item.kind != "chunk":  # an error event, an unreadable one, or the end without [DONE]
+                ended = item.kind == "ended"
+                detail = "The upstream stream " + ("ended" if ended else "failed") + " before it was complete."
+                yield stream_error(item.error_message(detail))
                 return
+            obj = item.data or {}
             if isinstance(obj.get("usage"), dict):
                 usage = obj["usage"]
             for choice in obj.get("choices") or []:
@@ -673,7 +669,6 @@ async def message_events(
                     if isinstance(arguments, str) and arguments:
                         yield delta({"type": "input_json_delta", "partial_json": arguments})
                         chars += len(arguments)
-    yield stream_error("The upstream stream ended before it was complete.")
 
 
 # --- handlers ---

@@ -30,12 +30,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from r1edge.access import charging
+from r1edge.dialects.chatstream import chat_events
 from r1edge.dialects.pipeline import pipeline_of
 from r1edge.headers import CONTENT_TYPE, X_R1EDGE_ROUTE, X_R1EDGE_UPSTREAM, X_REQUEST_ID
 from r1edge.protocol import web
 from r1edge.protocol.embeddings import validate_embeddings_request
 from r1edge.protocol.errors import InvalidRequest, ModelNotFound, UpstreamError
-from r1edge.protocol.sse import DONE, SSE_HEADERS, SSEDecoder, sse_data, truncated_event
+from r1edge.protocol.sse import DONE, SSE_HEADERS, sse_data, truncated_event
 from r1edge.protocol.validation import parse_json_body, validate_chat_request
 from r1edge.routing.attempts import upstream_request_id
 from r1edge.routing.config import Endpoint
@@ -200,39 +201,29 @@ async def text_stream(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     (``upstream_stream_truncated``) is passed on as it is, with no ``[DONE]``; a chat stream that
     stops with neither gets one. ``: keep-alive`` comments are passed on, and sent every
     :data:`KEEP_ALIVE_SECONDS` while only reasoning arrives."""
-    decoder = SSEDecoder()
     quiet_since = time.monotonic()
-    try:
-        async for piece in chunks:
-            events = decoder.feed(piece)
-            if not events and piece.startswith(b":"):
+    async with chat_events(chunks) as events:
+        async for event in events:
+            if event.kind == "keep-alive":
                 yield b": keep-alive\n\n"
                 quiet_since = time.monotonic()
-            for data in events:
-                if data == "[DONE]":
-                    yield DONE
-                    return
-                try:
-                    obj = json.loads(data)
-                except ValueError:
-                    continue
-                if not isinstance(obj, dict):
-                    continue
-                if "error" in obj:
-                    yield sse_data(obj)
-                    return
-                out = text_chunk(obj)
+            elif event.kind == "done":
+                yield DONE
+                return
+            elif event.kind == "error":
+                yield sse_data(event.data or {})
+                return
+            elif event.kind == "chunk":
+                out = text_chunk(event.data or {})
                 if out is not None:
                     yield sse_data(out)
                     quiet_since = time.monotonic()
                 elif time.monotonic() - quiet_since >= KEEP_ALIVE_SECONDS:
                     yield b": keep-alive\n\n"
                     quiet_since = time.monotonic()
-        yield truncated_event("The answer ended before it was complete.")
-    finally:
-        close = getattr(chunks, "aclose", None)
-        if close is not None:
-            await close()
+            elif event.kind == "ended":
+                yield truncated_event("The answer ended before it was complete.")
+            # "unreadable": the pipeline never sends one; skipped, as before
 
 
 async def completions(request: Request) -> Response:

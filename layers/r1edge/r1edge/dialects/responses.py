@@ -27,10 +27,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from r1edge.dialects.chatstream import chat_events
 from r1edge.dialects.pipeline import pipeline_of
 from r1edge.protocol import web
 from r1edge.protocol.errors import InvalidRequest, quote
-from r1edge.protocol.sse import SSE_HEADERS, SSEDecoder
+from r1edge.protocol.sse import SSE_HEADERS
 from r1edge.protocol.validation import parse_json_body, validate_chat_request
 
 #: Roles an input message may have (API reference, "Create a model response", ``input``).
@@ -592,39 +593,26 @@ async def translate_stream(chunks: AsyncIterator[bytes], writer: EventWriter) ->
     timeouts do not fire while R1 thinks). A chat stream that ends with an error event
     (``upstream_stream_truncated``), or without ``[DONE]``, becomes ``response.failed``.
     """
-    decoder = SSEDecoder()
-    try:
+    async with chat_events(chunks) as events:
         for out in writer.start():
             yield out
-        async for read in chunks:
-            payloads = decoder.feed(read)
-            if not payloads and read.lstrip().startswith(b":"):
+        async for event in events:
+            if event.kind == "keep-alive":
                 yield b": keep-alive\n\n"
-            for payload in payloads:
-                if payload.strip() == "[DONE]":
-                    for out in writer.done():
-                        yield out
-                    return
-                try:
-                    obj = json.loads(payload)
-                except ValueError:
-                    obj = None
-                if not isinstance(obj, dict) or "error" in obj:
-                    error = obj.get("error") if isinstance(obj, dict) else None
-                    detail = (
-                        error.get("message") if isinstance(error, dict) else "the chat stream sent an unreadable event"
-                    )
-                    for out in writer.failed(str(detail)):
-                        yield out
-                    return
-                for out in writer.chunk(obj):
+            elif event.kind == "chunk":
+                for out in writer.chunk(event.data or {}):
                     yield out
-        for out in writer.failed("the chat stream ended without data: [DONE]"):
-            yield out
-    finally:  # the client left, or the stream ended: close the chat stream (and the upstream)
-        close = getattr(chunks, "aclose", None)
-        if close is not None:
-            await close()
+            elif event.kind == "done":
+                for out in writer.done():
+                    yield out
+                return
+            else:  # an error event, an unreadable event, or the end without [DONE]
+                detail = {"ended": "the chat stream ended without data: [DONE]"}.get(
+                    event.kind, "the chat stream sent an unreadable event"
+                )
+                for out in writer.failed(event.error_message(detail)):
+                    yield out
+                return
 
 
 async def create_response(request: Request) -> Response:
